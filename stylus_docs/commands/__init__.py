@@ -1,0 +1,1 @@
+"""One module per ``stylus-docs`` subcommand (see :mod:`stylus_docs.cli`)."""
