@@ -238,5 +238,8 @@ def load_query_embedder(embedder_info: dict[str, Any]) -> QueryEmbedder:
     loader = getattr(embed, "load_embedder", None)
     if loader is None:
         raise FatalError(f"no query embedder available for {model!r}")
-    inner = loader(embedder_info.get("name") or model)
+    try:
+        inner = loader(embedder_info.get("name") or model)
+    except (ValueError, KeyError, ImportError, OSError) as exc:
+        raise FatalError(f"cannot load the release's embedder {model!r} for queries: {exc}") from exc
     return _BuildEmbedderAdapter(inner, model=model, dim=dim)

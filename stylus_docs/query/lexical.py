@@ -103,6 +103,8 @@ class LexicalIndex:
         import bm25s
 
         texts = list(docs)
+        # bm25s logs every build at DEBUG on its own logger; keep the CLI's stderr clean.
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
         retriever = bm25s.BM25()
         retriever.index(_tokenize(texts), show_progress=False)
         return cls(retriever, len(texts), None)
