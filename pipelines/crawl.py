@@ -1,0 +1,333 @@
+"""Beam pipeline of the crawl stage: Civitai or Hugging Face adapter cards into raw snapshots.
+
+Graph (Civitai)::
+
+    Create(partitions) ─ Reshuffle ─ ListModels (DoFn: pages one partition sequentially, commits
+                                      models-*.jsonl.gz chunks + its cursor in state.json, yields
+                                      (model_id, version_id) of what it committed)
+    Create(pending)    ─ versions of models committed by an earlier (killed) run, not fetched yet
+         └──── Flatten ─ GroupByKey(version id) ─ Reshuffle ─ FetchVersions (DoFn: bounded thread
+               pool per bundle, writes versions-*.jsonl.gz chunks)
+
+Hugging Face is one partition (filters are AND-ed): ListHf pages it and fetches README cards on a
+thread pool. Every durable step is in :mod:`stylus_docs.crawl` (plain Python); the DoFns only call it,
+which is what makes a killed run resumable under any runner: state lives in ``OUT``, not in Beam.
+Request counters travel as Beam metrics (namespace ``crawl``) into the summary.
+
+Run: ``python -m pipelines.crawl civitai --out OUT [app flags] [-- beam flags]``; unknown flags are
+passed to Beam (``--runner``, ``--direct_num_workers``…). Default runner: the in-process FnApiRunner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+
+from stylus_docs.beam_options import make_pipeline_options
+from stylus_docs.crawl.engine import (
+    CivitaiCrawler,
+    CrawlConfig,
+    HfCrawler,
+    VersionFetcher,
+    committed_version_ids,
+    pending_versions,
+)
+from stylus_docs.crawl.state import CrawlState
+from stylus_docs.crawl.summary import build_summary, format_summary, write_summary
+from stylus_docs.errors import FatalError
+from stylus_docs.http import HttpStats
+from stylus_docs.secrets import redact
+from stylus_docs.sources import civitai, huggingface
+from stylus_docs.sources.civitai import CivitaiQuery
+from stylus_docs.sources.huggingface import HfQuery
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "crawl"
+_FATAL_FILE = ".fatal.json"
+
+
+# -- flags ---------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``civitai`` / ``hf`` sub-parsers with every crawl flag to ``parser`` (shared with the CLI)."""
+    sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    c = sub.add_parser("civitai", help="crawl Civitai /api/v1/models (+ version details and images)")
+    _common(c, civitai.URL_ENV)
+    c.add_argument("--types", nargs="+", default=[], metavar="T", help="model types, e.g. LORA LoCon DoRA")
+    c.add_argument("--base-models", nargs="+", default=[], metavar="B",
+                   help="base models; each (type, base model) pair is its own listing partition")
+    c.add_argument("--sort", choices=civitai.SORTS, default=None, help="listing order (server default)")
+    c.add_argument("--period", choices=civitai.PERIODS, default=None, help="time window filter")
+    c.add_argument("--nsfw", action="store_true", help="include NSFW models and images (default: PG only)")
+    c.add_argument("--query", default=None, help="full-text search")
+    c.add_argument("--username", default=None, help="only this creator's models")
+    c.add_argument("--tag", default=None, help="only models with this tag")
+    c.add_argument("--max-images-per-version", type=int, default=10, metavar="N",
+                   help="/api/v1/images items (with meta) per version (default 10; 0 = none)")
+    h = sub.add_parser("hf", help="crawl Hugging Face /api/models (+ README cards)")
+    _common(h, huggingface.URL_ENV)
+    h.add_argument("--filter", nargs="+", default=None, metavar="F",
+                   help="tag filters, all required (default: lora)")
+    h.add_argument("--search", default=None, help="substring of the repo id")
+    h.add_argument("--author", default=None, help="user or organisation")
+    h.add_argument("--sort", default=None, choices=("downloads", "likes", "createdAt", "lastModified",
+                                                     "trendingScore"))
+
+
+def _common(p: argparse.ArgumentParser, url_env: str) -> None:
+    p.add_argument("--out", required=True, type=Path, help="output directory (resumes when it holds a crawl)")
+    p.add_argument("--api-url", default=None, help=f"base URL without /api/v1 (env {url_env})")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N models (default: all)")
+    p.add_argument("--concurrency", type=int, default=16, help="detail requests in flight per worker")
+    p.add_argument("--rps", type=float, default=None, help="requests per second per host (default: no cap)")
+    p.add_argument("--max-attempts", type=int, default=6, help="attempts per request (default 6)")
+    p.add_argument("--backoff", type=float, default=1.0, help="base of the exponential backoff, s")
+    p.add_argument("--max-retry-after", type=float, default=60.0, help="cap on Retry-After waits, s")
+    p.add_argument("--timeout", type=float, nargs=2, default=(10.0, 60.0), metavar=("CONNECT", "READ"))
+    p.add_argument("--chunk-size", type=int, default=1000, help="records per snapshot chunk")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    p.add_argument("--quiet", action="store_true", help="do not print the summary")
+
+
+def config_from_args(args: argparse.Namespace) -> CrawlConfig:
+    """Turn parsed flags into a validated :class:`CrawlConfig`."""
+    if args.source == "civitai":
+        default_url, env = civitai.DEFAULT_URL, civitai.URL_ENV
+        source_kw: dict[str, Any] = {"civitai": CivitaiQuery(
+            types=tuple(args.types), base_models=tuple(args.base_models), sort=args.sort, period=args.period,
+            nsfw=args.nsfw, query=args.query, username=args.username, tag=args.tag),
+            "max_images_per_version": args.max_images_per_version}
+    else:
+        default_url, env = huggingface.DEFAULT_URL, huggingface.URL_ENV
+        source_kw = {"hf": HfQuery(filters=tuple(args.filter or ("lora",)), search=args.search,
+                                   author=args.author, sort=args.sort)}
+    api_url = args.api_url or os.environ.get(env) or default_url
+    if args.chunk_size < 1:
+        raise FatalError("--chunk-size must be >= 1")
+    return CrawlConfig(source=args.source, out=str(args.out), api_url=api_url, limit=args.limit,
+                       concurrency=args.concurrency, rps=args.rps, max_attempts=args.max_attempts,
+                       backoff=args.backoff, max_retry_after=args.max_retry_after,
+                       timeout=(float(args.timeout[0]), float(args.timeout[1])),
+                       models_per_chunk=args.chunk_size, versions_per_chunk=max(1, args.chunk_size // 2),
+                       run_id=uuid.uuid4().hex, progress=not args.no_progress, **source_kw)
+
+
+# -- DoFns ---------------------------------------------------------------------------------------
+
+
+class _MetricsMixin:
+    """Pushes the deltas of an :class:`HttpStats` and of record failures into Beam metrics."""
+
+    def _init_metrics(self) -> None:
+        self._sent: dict[str, int] = {}
+
+    def _report(self, stats: HttpStats, record_failures: dict[str, int]) -> None:
+        snap = stats.snapshot()
+        current = {"requests": snap["requests"]}
+        current.update({f"retry.{k}": v for k, v in snap["retries_by_reason"].items()})
+        current.update({f"http_failure.{k}": v for k, v in snap["failures_by_reason"].items()})
+        current.update({f"record_failure.{k}": v for k, v in dict(record_failures).items()})
+        for name, value in current.items():
+            delta = value - self._sent.get(name, 0)
+            if delta:
+                Metrics.counter(NAMESPACE, name).inc(delta)
+                self._sent[name] = value
+        Metrics.distribution(NAMESPACE, "max_in_flight").update(snap["max_in_flight"])
+
+
+def _fatal_guard(cfg: CrawlConfig, exc: FatalError) -> None:
+    """Leave the fatal message where the launcher finds it (runners wrap DoFn exceptions)."""
+    path = Path(cfg.out) / _FATAL_FILE
+    path.write_text(json.dumps({"message": redact(str(exc))}), encoding="utf-8")
+
+
+class ListCivitaiPartition(beam.DoFn, _MetricsMixin):
+    """Pages one Civitai listing partition; yields ``(model_id, version_id)`` of committed models."""
+
+    def __init__(self, cfg: CrawlConfig) -> None:
+        self.cfg = cfg
+
+    def setup(self) -> None:
+        self.crawler = CivitaiCrawler(self.cfg)
+        self._init_metrics()
+
+    def process(self, partition: dict[str, str | None]):
+        try:
+            yield from self.crawler.crawl_partition(partition)
+        except FatalError as exc:
+            _fatal_guard(self.cfg, exc)
+            raise
+        finally:
+            self._report(self.crawler.client.stats, self.crawler.record_failures)
+
+    def teardown(self) -> None:
+        self.crawler.client.close()
+
+
+class FetchCivitaiVersions(beam.DoFn, _MetricsMixin):
+    """Fetches version details on a bounded thread pool per bundle and writes ``versions-*`` chunks."""
+
+    def __init__(self, cfg: CrawlConfig, done: frozenset[int]) -> None:
+        self.cfg = cfg
+        self.done = done
+
+    def setup(self) -> None:
+        self.crawler = CivitaiCrawler(self.cfg)
+        self._init_metrics()
+
+    def start_bundle(self) -> None:
+        self.fetcher = VersionFetcher(self.crawler, self.done)
+
+    def process(self, ref: tuple[int, int]):
+        model_id, version_id = ref
+        self.fetcher.submit(model_id, version_id)
+        self.fetcher.drain()
+        return []
+
+    def finish_bundle(self) -> None:
+        try:
+            self.fetcher.close()
+        except FatalError as exc:
+            _fatal_guard(self.cfg, exc)
+            raise
+        finally:
+            self._report(self.crawler.client.stats, self.crawler.record_failures)
+
+    def teardown(self) -> None:
+        self.crawler.client.close()
+
+
+class ListHf(beam.DoFn, _MetricsMixin):
+    """Pages the Hub listing and fetches each repo's README card."""
+
+    def __init__(self, cfg: CrawlConfig) -> None:
+        self.cfg = cfg
+
+    def setup(self) -> None:
+        self.crawler = HfCrawler(self.cfg)
+        self._init_metrics()
+
+    def process(self, _: str):
+        try:
+            yield self.crawler.crawl()
+        except FatalError as exc:
+            _fatal_guard(self.cfg, exc)
+            raise
+        finally:
+            self._report(self.crawler.client.stats, self.crawler.record_failures)
+
+    def teardown(self) -> None:
+        self.crawler.client.close()
+
+
+def _first_model(kv: tuple[int, Any]) -> tuple[int, int]:
+    version_id, model_ids = kv
+    return min(model_ids), version_id
+
+
+# -- driver --------------------------------------------------------------------------------------
+
+
+def build_pipeline(pipeline: beam.Pipeline, cfg: CrawlConfig) -> None:
+    """Add the crawl graph for ``cfg`` to ``pipeline``."""
+    if cfg.source == "hf":
+        _ = (pipeline | "Partition" >> beam.Create([HfCrawler.PARTITION])
+             | "ListHf" >> beam.ParDo(ListHf(cfg)))
+        return
+    partitions = cfg.civitai.partitions()
+    pending = pending_versions(cfg.out)
+    done = frozenset(committed_version_ids(cfg.out))
+    listed = (pipeline | "Partitions" >> beam.Create(partitions)
+              | "SpreadPartitions" >> beam.Reshuffle()
+              | "ListModels" >> beam.ParDo(ListCivitaiPartition(cfg)))
+    resumed = pipeline | "PendingVersions" >> beam.Create(pending)
+    _ = ((listed, resumed) | "AllVersions" >> beam.Flatten()
+         | "ByVersion" >> beam.Map(lambda ref: (ref[1], ref[0]))
+         | "Dedupe" >> beam.GroupByKey()
+         | "OnePerVersion" >> beam.Map(_first_model)
+         | "SpreadVersions" >> beam.Reshuffle()
+         | "FetchVersions" >> beam.ParDo(FetchCivitaiVersions(cfg, done)))
+
+
+def _counters(result: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"requests": 0, "retries_by_reason": {}, "failures_by_reason": {},
+                           "record_failures": {}, "max_in_flight": 0}
+    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    for counter in query["counters"]:
+        name, value = counter.key.metric.name, counter.committed or counter.attempted or 0
+        if name == "requests":
+            out["requests"] += value
+        for prefix, key in (("retry.", "retries_by_reason"), ("http_failure.", "failures_by_reason"),
+                            ("record_failure.", "record_failures")):
+            if name.startswith(prefix):
+                out[key][name[len(prefix):]] = out[key].get(name[len(prefix):], 0) + value
+    for dist in query["distributions"]:
+        value = dist.committed or dist.attempted
+        if dist.key.metric.name == "max_in_flight" and value is not None and value.max is not None:
+            out["max_in_flight"] = max(out["max_in_flight"], value.max)
+    for key in ("retries_by_reason", "failures_by_reason", "record_failures"):
+        out[key] = dict(sorted(out[key].items()))
+    return out
+
+
+def run_config(cfg: CrawlConfig, beam_args: Sequence[str] = (), quiet: bool = False) -> dict[str, Any]:
+    """Run the crawl pipeline for ``cfg``; write and return the summary.
+
+    Raises:
+        FatalError: bad configuration, a crawl with other parameters in OUT, a 401 with a token,
+            or an unreachable API host.
+    """
+    started = time.monotonic()
+    CrawlState(cfg.out).begin(cfg.fingerprint())
+    fatal_path = Path(cfg.out) / _FATAL_FILE
+    fatal_path.unlink(missing_ok=True)
+    pipeline = beam.Pipeline(options=make_pipeline_options(beam_args))
+    build_pipeline(pipeline, cfg)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as exc:  # boundary: runners wrap DoFn errors; recover our own fatal message
+        if fatal_path.exists():
+            message = json.loads(fatal_path.read_text(encoding="utf-8"))["message"]
+            fatal_path.unlink(missing_ok=True)
+            raise FatalError(message) from None
+        logger.exception("crawl pipeline failed")
+        raise FatalError(f"crawl pipeline failed: {redact(str(exc).splitlines()[0] if str(exc) else '')}"
+                         ) from exc
+    summary = build_summary(cfg.out, cfg.source, _counters(result), time.monotonic() - started)
+    write_summary(cfg.out, summary)
+    if not quiet:
+        print(format_summary(summary), file=sys.stdout, flush=True)
+    return summary
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Entry point: app flags (see :func:`add_arguments`) and Beam flags, split by parse_known_args."""
+    parser = argparse.ArgumentParser(prog="pipelines.crawl", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args, beam_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    cfg = config_from_args(args)
+    return run_config(cfg, [a for a in beam_args if a != "--"], quiet=args.quiet)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        run()
+    except FatalError as err:
+        print(f"crawl: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)

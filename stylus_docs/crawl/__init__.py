@@ -1,0 +1,12 @@
+"""The crawl stage: resumable listing, detail fan-out, atomic snapshot chunks, state and summary.
+
+* :mod:`~stylus_docs.crawl.engine` – :class:`CrawlConfig`, :class:`CivitaiCrawler`,
+  :class:`VersionFetcher`, :class:`HfCrawler` (plain Python, called by the Beam DoFns).
+* :mod:`~stylus_docs.crawl.snapshot` – gzip JSONL chunks published atomically.
+* :mod:`~stylus_docs.crawl.state` – ``state.json``, ``failures.jsonl``, duplicate registry.
+* :mod:`~stylus_docs.crawl.summary` – the end-of-crawl summary.
+"""
+
+from stylus_docs.crawl.engine import CivitaiCrawler, CrawlConfig, HfCrawler, VersionFetcher
+
+__all__ = ["CivitaiCrawler", "CrawlConfig", "HfCrawler", "VersionFetcher"]

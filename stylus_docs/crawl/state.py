@@ -1,0 +1,199 @@
+"""Durable crawl state (``state.json``), the failure log and the in-process seen-id registry.
+
+``state.json`` holds the crawl's fingerprint (what was asked for), and per listing partition its
+resume cursor, whether it is done, and counts. Every update is read-modify-write under an exclusive
+``flock`` on ``OUT/.state.lock`` and published atomically, so partitions crawled by different threads
+or processes on one machine never lose each other's progress, and a ``kill -9`` leaves the last
+committed version.
+
+Ordering that makes resume exact: a partition first publishes a chunk of new items, then advances its
+cursor past the pages those items came from. A kill between the two re-fetches those pages on resume;
+their items are already in committed chunks, and :class:`SeenIds` (seeded from the committed chunks)
+drops them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from stylus_docs.atomic import atomic_write_text
+from stylus_docs.crawl.snapshot import iter_chunk_records
+from stylus_docs.errors import FatalError
+from stylus_docs.secrets import redact
+
+STATE_VERSION = 1
+
+
+class CrawlState:
+    """``OUT/state.json`` with process- and thread-safe updates.
+
+    Args:
+        out: the crawl's output directory.
+    """
+
+    _thread_lock = threading.Lock()
+
+    def __init__(self, out: str | os.PathLike[str]) -> None:
+        self.out = Path(out)
+        self.path = self.out / "state.json"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with self._thread_lock, open(self.out / ".state.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def load(self) -> dict[str, Any]:
+        """The current state (an empty skeleton when there is none yet)."""
+        if not self.path.exists():
+            return {"version": STATE_VERSION, "fingerprint": None, "partitions": {}}
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise FatalError(f"{self.path} is not valid JSON ({exc}); move it away to start over") from None
+
+    def begin(self, fingerprint: dict[str, Any]) -> dict[str, Any]:
+        """Record ``fingerprint`` for a new crawl, or check it matches the crawl being resumed.
+
+        Raises:
+            FatalError: OUT holds a crawl made with different parameters.
+        """
+        with self._locked():
+            state = self.load()
+            if state.get("fingerprint") is None:
+                state["fingerprint"] = fingerprint
+                state["created_at"] = _now()
+            elif state["fingerprint"] != fingerprint:
+                raise FatalError(f"{self.out} holds a crawl with different parameters "
+                                 f"({_diff(state['fingerprint'], fingerprint)}); use another --out")
+            state["runs"] = int(state.get("runs", 0)) + 1
+            state["updated_at"] = _now()
+            atomic_write_text(self.path, json.dumps(state, indent=1, sort_keys=True))
+            return state
+
+    def partition(self, key: str) -> dict[str, Any]:
+        """The saved state of partition ``key`` (``{}`` when it never committed anything)."""
+        return dict(self.load().get("partitions", {}).get(key, {}))
+
+    def update_partition(self, key: str, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into partition ``key`` (numbers under ``add_*`` names are added) and save."""
+        with self._locked():
+            state = self.load()
+            part = state.setdefault("partitions", {}).setdefault(key, {})
+            for name, value in fields.items():
+                if name.startswith("add_"):
+                    part[name[4:]] = int(part.get(name[4:], 0)) + int(value)
+                else:
+                    part[name] = value
+            part["updated_at"] = _now()
+            state["updated_at"] = _now()
+            atomic_write_text(self.path, json.dumps(state, indent=1, sort_keys=True))
+            return dict(part)
+
+
+class FailureLog:
+    """Append-only ``OUT/failures.jsonl``: one JSON line per record that could not be fetched.
+
+    Lines are written with ``O_APPEND`` in one ``write`` call each, so concurrent writers do not
+    interleave; a ``kill -9`` can at worst leave a last partial line, which readers skip.
+    """
+
+    _lock = threading.Lock()
+
+    def __init__(self, out: str | os.PathLike[str]) -> None:
+        self.path = Path(out) / "failures.jsonl"
+
+    def record(self, source: str, stage: str, ident: Any, reason: str, detail: str = "") -> None:
+        """Append one failure (``detail`` is redacted and truncated)."""
+        line = json.dumps({"source": source, "stage": stage, "id": ident, "reason": reason,
+                           "detail": redact(str(detail))[:500], "at": _now()}, ensure_ascii=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, (line + "\n").encode("utf-8"))
+            finally:
+                os.close(fd)
+
+
+def read_failures(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every complete line of ``OUT/failures.jsonl``."""
+    path = Path(out) / "failures.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            rows.append(json.loads(line))
+    return rows
+
+
+class SeenIds:
+    """Thread-safe set of record ids already committed or claimed, with an optional total cap."""
+
+    def __init__(self, initial: set[Any], limit: int | None = None) -> None:
+        self._ids = set(initial)
+        self._lock = threading.Lock()
+        self.limit = limit
+
+    def claim(self, ident: Any) -> bool:
+        """Mark ``ident`` as taken; False when it already was (a duplicate) or the cap is reached."""
+        with self._lock:
+            if ident in self._ids or self.full_locked():
+                return False
+            self._ids.add(ident)
+            return True
+
+    def full_locked(self) -> bool:
+        return self.limit is not None and len(self._ids) >= self.limit
+
+    @property
+    def full(self) -> bool:
+        """True when the cap is reached."""
+        with self._lock:
+            return self.full_locked()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._ids)
+
+
+_REGISTRY: dict[tuple[str, str, str], SeenIds] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def seen_ids(out: str | os.PathLike[str], directory: str, prefix: str, run_id: str,
+             id_of: Callable[[Any], Any], limit: int | None = None) -> SeenIds:
+    """The process-wide :class:`SeenIds` of one run, seeded once from the committed chunks.
+
+    One set per (out, prefix, run) is shared by every partition crawled in this process, so a model
+    listed by two partitions (e.g. two base models) is stored once. Across processes the seed from
+    committed chunks covers everything a previous (killed) run published.
+    """
+    key = (str(Path(out).resolve()), f"{directory}/{prefix}", run_id)
+    with _REGISTRY_LOCK:
+        if key not in _REGISTRY:
+            initial = {id_of(r) for r in iter_chunk_records(Path(out) / directory, prefix)}
+            _REGISTRY[key] = SeenIds(initial, limit)
+        return _REGISTRY[key]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "differs in: " + ", ".join(keys) if keys else "differs"
