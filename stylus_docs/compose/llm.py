@@ -130,7 +130,7 @@ def parse_answer(text: str | None) -> list[RawTopic]:
     Raises:
         ValueError: with a short description fit to send back to the model.
     """
-    if not text or "{" not in text:
+    if not text or "{" not in text or "}" not in text:
         raise ValueError("the answer contains no JSON object")
     body = text[text.index("{") : text.rindex("}") + 1]
     try:
