@@ -295,6 +295,9 @@ def run_config(cfg: CrawlConfig, beam_args: Sequence[str] = (), quiet: bool = Fa
     CrawlState(cfg.out).begin(cfg.fingerprint())
     fatal_path = Path(cfg.out) / _FATAL_FILE
     fatal_path.unlink(missing_ok=True)
+    # Temp chunks left by a killed run (readers already ignore them); one crawl per OUT at a time.
+    for stale in Path(cfg.out).glob(f"{cfg.source}/.*.part"):
+        stale.unlink(missing_ok=True)
     pipeline = beam.Pipeline(options=make_pipeline_options(beam_args))
     build_pipeline(pipeline, cfg)
     try:
