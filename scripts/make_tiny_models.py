@@ -66,7 +66,11 @@ class TinyModels:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """CLIP's/GPT-2's reversible byte → printable-unicode table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -108,7 +112,9 @@ def make_clip_tokenizer(out_dir: Path):
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(vocab=dict(vocab), merges=[tuple(m.split()) for m in merges], model_max_length=77)
+    tokenizer = CLIPTokenizer(
+        vocab=dict(vocab), merges=[tuple(m.split()) for m in merges], model_max_length=77
+    )
     tokenizer.save_pretrained(out_dir)
     return tokenizer
 
@@ -118,7 +124,12 @@ def make_tiny_pipeline(seed: int = 0):
     import tempfile
 
     import torch
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -160,7 +171,10 @@ def make_tiny_pipeline(seed: int = 0):
     )
     text_encoder = CLIPTextModel(text_config)
     scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
         steps_offset=1,
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,20 +224,31 @@ def _save_diffusers_lora(pipe, path: Path, seed: int) -> None:
     torch.manual_seed(seed)
     # init_lora_weights=False keeps PEFT's random B (the default zero-inits B, which would change nothing).
     pipe.unet.add_adapter(
-        LoraConfig(r=TINY_RANK, lora_alpha=TINY_RANK, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                   init_lora_weights=False)
+        LoraConfig(
+            r=TINY_RANK,
+            lora_alpha=TINY_RANK,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+            init_lora_weights=False,
+        )
     )
     # transformers' own ``add_adapter`` insists on a newer PEFT than diffusers does; inject directly.
     inject_adapter_in_model(
-        LoraConfig(r=TINY_RANK, lora_alpha=TINY_RANK, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
-                   init_lora_weights=False),
+        LoraConfig(
+            r=TINY_RANK,
+            lora_alpha=TINY_RANK,
+            target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
+            init_lora_weights=False,
+        ),
         pipe.text_encoder,
     )
     unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
     te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder))
     type(pipe).save_lora_weights(
-        str(path.parent), unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers,
-        weight_name=path.name, safe_serialization=True,
+        str(path.parent),
+        unet_lora_layers=unet_layers,
+        text_encoder_lora_layers=te_layers,
+        weight_name=path.name,
+        safe_serialization=True,
     )
     pipe.unet.delete_adapters("default")
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -242,11 +267,15 @@ def _kohya_tensors(pipe, seed: int, rank: int, broken: bool = False) -> dict[str
 
     gen = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
-    for prefix, modules in (("lora_unet_", _unet_attention_linears(pipe.unet)),
-                            ("lora_te_", _text_encoder_linears(pipe.text_encoder))):
+    for prefix, modules in (
+        ("lora_unet_", _unet_attention_linears(pipe.unet)),
+        ("lora_te_", _text_encoder_linears(pipe.text_encoder)),
+    ):
         for name, mod in modules:
             # Real Kohya text-encoder keys carry the "text_model" level that transformers 5 flattened away.
-            key = prefix + ("text_model_" if prefix == "lora_te_" and not name.startswith("text_model") else "")
+            key = prefix + (
+                "text_model_" if prefix == "lora_te_" and not name.startswith("text_model") else ""
+            )
             key += name.replace(".", "_")
             in_f = mod.in_features + (7 if broken else 0)
             tensors[f"{key}.lora_down.weight"] = torch.randn(rank, in_f, generator=gen) * 0.3
@@ -285,7 +314,11 @@ def make_tiny_models(out: str | os.PathLike[str], seed: int = 0) -> TinyModels:
 
     # Kohya files first: they read the plain nn.Linear layers, which PEFT wraps afterwards.
     lora_kohya = lora_dir / "tiny-kohya.safetensors"
-    save_file(_kohya_tensors(pipe, seed + 11, TINY_RANK), str(lora_kohya), metadata={"ss_network_module": "networks.lora"})
+    save_file(
+        _kohya_tensors(pipe, seed + 11, TINY_RANK),
+        str(lora_kohya),
+        metadata={"ss_network_module": "networks.lora"},
+    )
     lora_broken = lora_dir / "tiny-broken.safetensors"
     save_file(_kohya_tensors(pipe, seed + 12, TINY_RANK, broken=True), str(lora_broken))
     lora_diffusers = lora_dir / "tiny-diffusers.safetensors"
