@@ -1,0 +1,159 @@
+"""``stylus-docs generate``: images with Stylus-composed adapters (diffusers, in-process).
+
+::
+
+    stylus-docs generate TEXT --docs DOCS --pipeline PATH_OR_REPO --out DIR [--composition FILE.json]
+                         [--num-images N] [--mask all|one_hot_loras|one_hot_concepts] [--seed S] [--steps N]
+                         [--cfg X] [--baseline] [--device cpu|cuda] [--adapters-dir DIR]
+    stylus-docs generate --prompts FILE.csv [--column caption] ... (same options)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from stylus_docs.commands.compose import add_compose_options, cache_dir_from_args, settings_from_args
+from stylus_docs.errors import FatalError
+
+log = logging.getLogger(__name__)
+
+
+def default_adapters_dir() -> Path:
+    """``$STYLUS_DOCS_CACHE/adapters`` or ``~/.cache/stylus-docs/adapters``."""
+    root = os.environ.get("STYLUS_DOCS_CACHE")
+    if root:
+        return Path(root) / "adapters"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "stylus-docs" / "adapters"
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``generate`` parser."""
+    from stylus_docs.generate.runner import DEFAULT_NEGATIVE
+
+    p = subparsers.add_parser("generate", help="generate images with composed adapters (diffusers)")
+    p.add_argument("text", nargs="?", help="the prompt (or use --prompts)")
+    p.add_argument("--docs", required=True, help="release root (DOCS) or a build directory")
+    p.add_argument(
+        "--pipeline", required=True, help="diffusers pipeline folder or a repo id in the local HF cache"
+    )
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument(
+        "--composition", type=Path, help="composition JSON from `compose` (or JSONL, one per prompt)"
+    )
+    p.add_argument("--prompts", type=Path, help="CSV file of prompts (batch mode, resumable)")
+    p.add_argument("--column", default="caption", help="prompt column of --prompts (default caption)")
+    p.add_argument("--limit", type=int, help="only the first N prompts of --prompts")
+    p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--mask", choices=("all", "one_hot_loras", "one_hot_concepts"), default="all")
+    p.add_argument("--seed", type=int, default=0, help="first seed; image i gets seed+i (default 0)")
+    p.add_argument("--steps", type=int, default=35, help="denoising steps (default 35)")
+    p.add_argument("--cfg", type=float, default=6.0, help="guidance scale (default 6)")
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE)
+    p.add_argument("--debias", help='suffix appended to the prompt, e.g. "realistic, best quality"')
+    p.add_argument("--inject-triggers", action="store_true", help="append the adapters' trigger words")
+    p.add_argument("--baseline", action="store_true", help="also render the same seeds with no adapters")
+    p.add_argument("--base-weight", type=float, default=0.8, help="the 0.8 of the weight formula")
+    p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
+    p.add_argument("--no-fuse", action="store_true", help="do not fuse adapters into the weights per batch")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--dtype", choices=("float16", "bfloat16", "float32"), help="default fp16 on CUDA, fp32 on CPU"
+    )
+    p.add_argument("--adapters-dir", type=Path, help=f"adapter cache (default {default_adapters_dir()})")
+    p.add_argument("--no-download", action="store_true", help="use cached adapters only")
+    add_compose_options(p)
+    p.set_defaults(func=run, accepts_extra=False)
+    return p
+
+
+def _load_compositions(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise FatalError(f"composition file not found: {path}") from exc
+    try:
+        items = [json.loads(text)]
+    except json.JSONDecodeError:
+        try:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise FatalError(f"{path} is neither a composition JSON nor JSONL: {exc.msg}") from exc
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if not isinstance(item, dict) or "topics" not in item or "prompt" not in item:
+            raise FatalError(f"{path} does not hold compositions (need 'prompt' and 'topics')")
+        out[" ".join(str(item["prompt"]).split())] = item
+    return out
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    """Handler of ``stylus-docs generate``."""
+    from stylus_docs.compose import Composer
+    from stylus_docs.generate import (
+        BASE_MODEL_OF_KIND,
+        AdapterStore,
+        GenerateSettings,
+        StylusGenerator,
+        detect_kind,
+        load_pipeline,
+        read_prompts,
+        run_prompts,
+    )
+
+    if bool(args.text) == bool(args.prompts):
+        raise FatalError("give either a prompt TEXT or --prompts FILE.csv")
+    settings = GenerateSettings(
+        num_images=args.num_images,
+        mask=args.mask,
+        seed=args.seed,
+        steps=args.steps,
+        cfg=args.cfg,
+        width=args.width,
+        height=args.height,
+        negative_prompt=args.negative_prompt,
+        debias=args.debias,
+        inject_triggers=args.inject_triggers,
+        baseline=args.baseline,
+        fuse=not args.no_fuse,
+        base_weight=args.base_weight,
+        batch_size=args.batch_size,
+    )
+    compositions = _load_compositions(args.composition) if args.composition else {}
+    if args.prompts:
+        prompts = read_prompts(args.prompts, args.column, args.limit)
+    else:
+        prompts = [" ".join(args.text.split())]
+        if compositions and prompts[0] not in compositions and len(compositions) == 1:
+            # One composition given for one prompt: use it even if the wording differs slightly.
+            compositions = {prompts[0]: next(iter(compositions.values()))}
+    kind, _ = detect_kind(args.pipeline)  # fail fast on a bad pipeline before composing anything
+    composer = Composer(
+        args.docs,
+        settings_from_args(args, base_model=BASE_MODEL_OF_KIND[kind]),
+        cache_dir=cache_dir_from_args(args),
+    )
+    for comp in compositions.values():
+        built = (comp.get("release") or {}).get("build_id")
+        if built and built != composer.build_id:
+            log.warning(
+                "composition was made on build %s, generating with build %s", built, composer.build_id
+            )
+    loaded = load_pipeline(args.pipeline, device=args.device, dtype=args.dtype)
+    store = AdapterStore(args.adapters_dir or default_adapters_dir(), download=not args.no_download)
+    generator = StylusGenerator(loaded, composer.source.cards, store, composer.build_id)
+
+    def progress(prompt: str, status: str) -> None:
+        print(f"{status}\t{prompt}", file=sys.stderr)
+
+    counts = run_prompts(prompts, composer.compose, generator, settings, args.out, compositions, progress)
+    print(json.dumps({"out": str(args.out), **counts}))
+    return 0

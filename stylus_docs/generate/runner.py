@@ -1,0 +1,502 @@
+"""Generating images with composed adapters (diffusers, in-process).
+
+One :class:`StylusGenerator` per process: the base pipeline is loaded once, every adapter at most once
+(``load_lora_weights(adapter_name=…)``); per mask ``set_adapters(names, weights)`` and, by default,
+``fuse_lora`` for the batch (on an H100, 3 unfused rank-32 adapters cost 1.93 s per batch of 4 against
+0.87 s fused and 0.86 s base). Seeds are explicit, one per image (CPU generators, so an image is the same
+on any device and in any batch grouping). An adapter that cannot be had or loaded is skipped with a reason
+and the generation goes on without it.
+
+Output layout for one prompt::
+
+    OUT/<slug>/composition.json          the composition used
+    OUT/<slug>/stylus/000-seed0.png      images with adapters (+ .json sidecar each)
+    OUT/<slug>/baseline/000-seed0.png    same seeds, no adapters (with --baseline)
+    OUT/<slug>/_DONE.json                written last: settings fingerprint, counts, skipped adapters
+
+A prompt whose ``_DONE.json`` carries the same settings fingerprint is skipped, which makes batch runs
+resumable.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from stylus_docs.atomic import atomic_write_bytes, atomic_write_text
+from stylus_docs.compose.candidates import CardTable
+from stylus_docs.errors import FatalError, SkipRecord
+from stylus_docs.generate.pipeline import SCHEDULER_NAME, LoadedPipeline
+from stylus_docs.masks import (
+    DEFAULT_BASE_WEIGHT,
+    STRATEGIES,
+    adapter_weights,
+    enumerate_masks,
+    mask_to_json,
+    sample_masks,
+    topic_sizes,
+)
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "_DONE.json"
+SIDECAR_FORMAT = "stylus-image.v1"
+DEFAULT_NEGATIVE = (
+    "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
+    "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry"
+)
+
+
+@dataclass(slots=True)
+class GenerateSettings:
+    """Generation settings (defaults as in the paper's setup, STYLUS-NOTES.md §1.8; cfg 6 as in Table 1).
+
+    Args:
+        num_images: images per prompt (one seed each: ``seed + i``).
+        mask: masking strategy (``all``, ``one_hot_loras``, ``one_hot_concepts``).
+        seed: first seed; also seeds the per-image mask draw.
+        steps: denoising steps.
+        cfg: guidance scale.
+        width: image width.
+        height: image height.
+        negative_prompt: the negative prompt.
+        debias: suffix appended as ``prompt, <debias>`` (e.g. "realistic, best quality").
+        inject_triggers: append the active adapters' trigger words (off, as in the reference).
+        baseline: also render the same seeds with no adapters.
+        fuse: fuse the active adapters into the weights per batch.
+        base_weight: the 0.8 of the weight formula.
+        batch_size: images per pipeline call.
+    """
+
+    num_images: int = 4
+    mask: str = "all"
+    seed: int = 0
+    steps: int = 35
+    cfg: float = 6.0
+    width: int = 512
+    height: int = 512
+    negative_prompt: str = DEFAULT_NEGATIVE
+    debias: str | None = None
+    inject_triggers: bool = False
+    baseline: bool = False
+    fuse: bool = True
+    base_weight: float = DEFAULT_BASE_WEIGHT
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.mask not in STRATEGIES:
+            raise FatalError(f"unknown mask {self.mask!r}; choose one of {', '.join(STRATEGIES)}")
+        if not 1 <= self.num_images <= 10_000:
+            raise FatalError("--num-images must be between 1 and 10000")
+        if not 1 <= self.steps <= 1000:
+            raise FatalError("--steps must be between 1 and 1000")
+        if self.width % 8 or self.height % 8 or not (8 <= self.width <= 4096 and 8 <= self.height <= 4096):
+            raise FatalError("--width/--height must be multiples of 8 between 8 and 4096")
+        if self.batch_size < 1:
+            raise FatalError("--batch-size must be positive")
+        if self.cfg < 0 or self.base_weight <= 0:
+            raise FatalError("--cfg must be non-negative and the base weight positive")
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that change the images (batch size and fusing do not)."""
+        fields = asdict(self)
+        fields.pop("batch_size")
+        fields.pop("fuse")
+        blob = json.dumps(fields, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prompt_slug(prompt: str) -> str:
+    """A safe, unique directory name for a prompt: readable prefix + hash."""
+    words = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:60] or "prompt"
+    return f"{words}-{hashlib.sha256(prompt.encode('utf-8')).hexdigest()[:10]}"
+
+
+def adapter_name(adapter_id: str) -> str:
+    """A diffusers adapter name (a valid module key) for an adapter id."""
+    return "a_" + hashlib.sha256(adapter_id.encode("utf-8")).hexdigest()[:16]
+
+
+class AdapterStore:
+    """Adapter files from the download cache (downloaded on demand, hash-verified).
+
+    ``root`` is an :class:`~stylus_docs.download.AdapterCache` root; a flat ``root/<sha256>.safetensors``
+    is accepted too and imported into the cache (verified) on first use.
+
+    Args:
+        root: the adapters directory (``--adapters-dir``).
+        download: fetch missing files from the card's ``download_url`` (otherwise skip them).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], download: bool = True) -> None:
+        from stylus_docs.download import AdapterCache
+
+        self.root = Path(root).expanduser()
+        self.cache = AdapterCache(self.root)
+        self.download = download
+
+    def path(self, card: dict[str, Any]) -> Path:
+        """The verified local file of ``card``'s adapter.
+
+        Raises:
+            SkipRecord: the adapter cannot be had (no hash, download failure, mismatch, not cached).
+        """
+        sha = str(card.get("sha256") or "").strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise SkipRecord("no_sha256", "the card has no SHA-256 to verify the file against")
+        cached = self.cache.lookup(sha)
+        if cached is not None:
+            return cached
+        flat = self.root / f"{sha}.safetensors"
+        if flat.is_file():
+            return self.cache.add_file(flat, sha, card.get("file_name") or flat.name)
+        if not self.download:
+            raise SkipRecord("not_cached", f"{sha[:12]}… is not in {self.root} and downloads are off")
+        return self.cache.fetch(card)
+
+
+def _png_bytes(image: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+class StylusGenerator:
+    """Renders compositions with one loaded pipeline.
+
+    Args:
+        loaded: the base pipeline (:func:`~stylus_docs.generate.pipeline.load_pipeline`).
+        cards: card table of the release (sha256, download URL, trigger words per adapter id).
+        store: where adapter files come from.
+        build_id: release build id, recorded in sidecars.
+    """
+
+    def __init__(self, loaded: LoadedPipeline, cards: CardTable, store: AdapterStore, build_id: str) -> None:
+        self.loaded = loaded
+        self.pipe = loaded.pipe
+        self.cards = cards
+        self.store = store
+        self.build_id = build_id
+        self._names: dict[str, str] = {}  # adapter_id → adapter_name, loaded in this process
+        self._failed: dict[str, dict[str, str]] = {}  # adapter_id → {"reason", "detail"}
+        self._load_s: dict[str, float] = {}
+
+    # -- adapters ----------------------------------------------------------------------------------
+
+    def ensure_adapter(self, adapter_id: str) -> str | None:
+        """Load ``adapter_id`` once per process; its adapter name, or None when it failed (reason kept)."""
+        if adapter_id in self._names:
+            return self._names[adapter_id]
+        if adapter_id in self._failed:
+            return None
+        t0 = time.perf_counter()
+        card = self.cards.get(adapter_id)
+        name = adapter_name(adapter_id)
+        try:
+            if card is None:
+                raise SkipRecord("not_in_release", f"{adapter_id} is not in build {self.build_id}")
+            path = self.store.path(card)
+        except SkipRecord as exc:
+            self._failed[adapter_id] = {"reason": exc.reason, "detail": exc.detail}
+            log.warning("adapter %s skipped: %s", adapter_id, exc)
+            return None
+        try:
+            self.pipe.load_lora_weights(str(path), adapter_name=name)
+        except Exception as exc:  # noqa: BLE001 - boundary: any loader error skips this adapter, with its reason
+            log.warning(
+                "adapter %s failed to load: %s", adapter_id, exc, exc_info=log.isEnabledFor(logging.DEBUG)
+            )
+            self._failed[adapter_id] = {
+                "reason": "load_failed",
+                "detail": f"{type(exc).__name__}: {exc}"[:500],
+            }
+            self._forget(name)
+            return None
+        self._names[adapter_id] = name
+        self._load_s[adapter_id] = time.perf_counter() - t0
+        return name
+
+    def _forget(self, name: str) -> None:
+        # A failed load may leave half-injected layers behind; remove them so later renders are clean.
+        try:
+            if name in self.pipe.get_list_adapters().get("unet", []) or any(
+                name in v for v in self.pipe.get_list_adapters().values()
+            ):
+                self.pipe.delete_adapters(name)
+        except (ValueError, KeyError, AttributeError) as exc:
+            log.debug("could not delete adapter %s after a failed load: %s", name, exc)
+
+    def failure(self, adapter_id: str) -> dict[str, str] | None:
+        """Why ``adapter_id`` was skipped (None when it loaded or was never tried)."""
+        return self._failed.get(adapter_id)
+
+    # -- rendering ---------------------------------------------------------------------------------
+
+    def _prompt_sent(self, prompt: str, active: Sequence[str], settings: GenerateSettings) -> str:
+        text = prompt
+        if settings.inject_triggers:
+            triggers: list[str] = []
+            for aid in active:
+                for t in (self.cards.get(aid) or {}).get("trigger_words") or []:
+                    if t and t not in triggers and t.lower() not in text.lower():
+                        triggers.append(t)
+            if triggers:
+                text = f"{text}, {', '.join(triggers)}"
+        if settings.debias:
+            text = f"{text}, {settings.debias}"
+        return text
+
+    def _render_batch(
+        self, prompt: str, weights: dict[str, float], seeds: Sequence[int], settings: GenerateSettings
+    ) -> tuple[list[Any], dict[str, float], bool]:
+        import torch
+
+        pipe = self.pipe
+        timings = {"set_adapters_s": 0.0, "fuse_s": 0.0, "generate_s": 0.0, "unfuse_s": 0.0}
+        names = [self._names[a] for a in weights]
+        fused = False
+        t0 = time.perf_counter()
+        if names:
+            pipe.enable_lora()
+            pipe.set_adapters(names, adapter_weights=[float(w) for w in weights.values()])
+            timings["set_adapters_s"] = time.perf_counter() - t0
+            if settings.fuse:
+                t1 = time.perf_counter()
+                pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+                fused = True
+                timings["fuse_s"] = time.perf_counter() - t1
+        elif self._names:
+            pipe.disable_lora()
+            timings["set_adapters_s"] = time.perf_counter() - t0
+        try:
+            t2 = time.perf_counter()
+            generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+            out = pipe(
+                prompt=[prompt] * len(seeds),
+                negative_prompt=[settings.negative_prompt] * len(seeds) if settings.negative_prompt else None,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.cfg,
+                width=settings.width,
+                height=settings.height,
+                generator=generators,
+            )
+            if self.loaded.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            timings["generate_s"] = time.perf_counter() - t2
+        finally:
+            if fused:
+                t3 = time.perf_counter()
+                pipe.unfuse_lora()
+                timings["unfuse_s"] = time.perf_counter() - t3
+        return list(out.images), timings, fused
+
+    def render(
+        self,
+        prompt: str,
+        composition: dict[str, Any],
+        settings: GenerateSettings,
+        out_dir: str | os.PathLike[str],
+    ) -> dict[str, Any]:
+        """Render one prompt: stylus images (and baseline images) with sidecars, then ``_DONE.json``.
+
+        Args:
+            prompt: the user's prompt (the composition's prompt).
+            composition: output of the composer.
+            settings: generation settings.
+            out_dir: the prompt's directory (``OUT/<slug>``).
+
+        Returns:
+            The summary written to ``_DONE.json``.
+        """
+        out = Path(out_dir)
+        t_start = time.perf_counter()
+        atomic_write_text(out / "composition.json", json.dumps(composition, ensure_ascii=False, indent=1))
+        skipped: list[dict[str, Any]] = []
+        topics: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        for topic in composition.get("topics", []):
+            kept = []
+            for a in topic.get("adapters", []):
+                if self.ensure_adapter(a["adapter_id"]) is None:
+                    skipped.append(
+                        {
+                            "adapter_id": a["adapter_id"],
+                            "topic": topic["topic"],
+                            **self._failed[a["adapter_id"]],
+                        }
+                    )
+                else:
+                    kept.append(a)
+            topics.append({"topic": topic["topic"], "adapters": kept})
+        load_s = time.perf_counter() - t0
+        masks = enumerate_masks(topic_sizes(topics), settings.mask)
+        seeds = [settings.seed + i for i in range(settings.num_images)]
+        image_masks = sample_masks(masks, len(seeds), settings.seed)
+        groups: dict[tuple, list[int]] = {}
+        for i, m in enumerate(image_masks):
+            groups.setdefault(m, []).append(i)
+        topic_of = {a["adapter_id"]: t["topic"] for t in topics for a in t["adapters"]}
+        rec_of = {a["adapter_id"]: a.get("recommended_weight") for t in topics for a in t["adapters"]}
+        title_of = {a["adapter_id"]: a.get("title", "") for t in topics for a in t["adapters"]}
+        images: list[str] = []
+
+        def emit(kind: str, idxs: list[int], mask: Any, weights: dict[str, float]) -> None:
+            sent = self._prompt_sent(prompt, list(weights), settings)
+            pics, timings, fused = self._render_batch(sent, weights, [seeds[i] for i in idxs], settings)
+            for i, img in zip(idxs, pics, strict=True):
+                stem = f"{i:03d}-seed{seeds[i]}"
+                rel = f"{kind}/{stem}.png"
+                atomic_write_bytes(out / rel, _png_bytes(img))
+                sidecar = {
+                    "format": SIDECAR_FORMAT,
+                    "image": rel,
+                    "prompt": sent,
+                    "user_prompt": prompt,
+                    "negative_prompt": settings.negative_prompt,
+                    "base_pipeline": self.loaded.describe(),
+                    "baseline": kind == "baseline",
+                    "adapters": [
+                        {
+                            "adapter_id": aid,
+                            "title": title_of.get(aid, ""),
+                            "topic": topic_of.get(aid),
+                            "recommended_weight": rec_of.get(aid),
+                            "weight": round(w, 6),
+                            "adapter_name": self._names[aid],
+                            "sha256": (self.cards.get(aid) or {}).get("sha256"),
+                        }
+                        for aid, w in weights.items()
+                    ],
+                    "mask": mask_to_json(mask) if mask is not None else None,
+                    "mask_strategy": settings.mask,
+                    "topics": [t["topic"] for t in topics],
+                    "skipped_adapters": skipped,
+                    "seed": seeds[i],
+                    "steps": settings.steps,
+                    "scheduler": SCHEDULER_NAME,
+                    "scheduler_class": type(self.pipe.scheduler).__name__,
+                    "cfg": settings.cfg,
+                    "width": settings.width,
+                    "height": settings.height,
+                    "debias": settings.debias,
+                    "inject_triggers": settings.inject_triggers,
+                    "fused": fused,
+                    "release": self.build_id,
+                    "composer": composition.get("composer", {}).get("name"),
+                    "timings": {
+                        **{k: round(v, 6) for k, v in timings.items()},
+                        "batch_images": len(idxs),
+                        "compose_s": composition.get("timings", {}).get("total_s"),
+                        "load_adapters_s": round(load_s, 6),
+                    },
+                }
+                atomic_write_text(
+                    out / f"{kind}/{stem}.json", json.dumps(sidecar, ensure_ascii=False, indent=1)
+                )
+                images.append(rel)
+
+        for mask, idxs in groups.items():
+            weights = adapter_weights(topics, mask, settings.base_weight)
+            for chunk in _chunks(idxs, settings.batch_size):
+                emit("stylus", chunk, mask, weights)
+        if settings.baseline:
+            for chunk in _chunks(list(range(len(seeds))), settings.batch_size):
+                emit("baseline", chunk, None, {})
+        summary = {
+            "prompt": prompt,
+            "fingerprint": settings.fingerprint(),
+            "release": self.build_id,
+            "images": sorted(images),
+            "skipped_adapters": skipped,
+            "masks_available": len(masks),
+            "total_s": round(time.perf_counter() - t_start, 6),
+        }
+        atomic_write_text(out / DONE_FILE, json.dumps(summary, ensure_ascii=False, indent=1))
+        return summary
+
+
+def is_done(out_dir: str | os.PathLike[str], settings: GenerateSettings) -> bool:
+    """True when ``out_dir`` holds a ``_DONE.json`` made with the same settings."""
+    try:
+        done = json.loads((Path(out_dir) / DONE_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    return done.get("fingerprint") == settings.fingerprint()
+
+
+def read_prompts(
+    path: str | os.PathLike[str], column: str = "caption", limit: int | None = None
+) -> list[str]:
+    """Prompts of a CSV file's ``column`` (empty cells skipped, duplicates kept once, order kept)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FatalError(f"prompts file not found: {p}")
+    with p.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or column not in reader.fieldnames:
+            raise FatalError(f"{p} has no column {column!r} (columns: {', '.join(reader.fieldnames or [])})")
+        out: list[str] = []
+        seen: set[str] = set()
+        for row in reader:
+            text = " ".join((row.get(column) or "").split())
+            if text and text not in seen:
+                seen.add(text)
+                out.append(text)
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+def run_prompts(
+    prompts: Sequence[str],
+    compose_fn: Callable[[str], dict[str, Any]],
+    generator: StylusGenerator,
+    settings: GenerateSettings,
+    out_root: str | os.PathLike[str],
+    compositions: dict[str, dict[str, Any]] | None = None,
+    progress: Callable[[str, str], None] | None = None,
+) -> dict[str, int]:
+    """Render many prompts, skipping those already done with the same settings (resumable).
+
+    Args:
+        prompts: the prompts.
+        compose_fn: prompt → composition (the composer; not called for done prompts).
+        generator: the loaded generator.
+        settings: generation settings.
+        out_root: output root; each prompt gets ``out_root/<slug>``.
+        compositions: ready compositions by prompt (``--composition``), used instead of ``compose_fn``.
+        progress: called with ``(prompt, status)`` where status is ``done`` or ``skipped``.
+
+    Returns:
+        Counts: ``{"prompts", "rendered", "skipped_done", "images"}``.
+    """
+    counts = {"prompts": len(prompts), "rendered": 0, "skipped_done": 0, "images": 0}
+    for prompt in prompts:
+        out_dir = Path(out_root) / prompt_slug(prompt)
+        if is_done(out_dir, settings):
+            counts["skipped_done"] += 1
+            if progress:
+                progress(prompt, "skipped")
+            continue
+        composition = (compositions or {}).get(prompt) or compose_fn(prompt)
+        summary = generator.render(prompt, composition, settings, out_dir)
+        counts["rendered"] += 1
+        counts["images"] += len(summary["images"])
+        if progress:
+            progress(prompt, "done")
+    return counts
