@@ -1,0 +1,179 @@
+"""Writing a StylusDocs build: Parquet shards, dead letters, manifest, publication, retention.
+
+Shards are written with an explicit Arrow schema derived from ``schemas/`` (zstd, page checksums on),
+each atomically (temp name + rename) into ``DOCS/builds/<id>/``. The manifest is written last; only then
+does :func:`finalize_build` switch ``CURRENT`` with :func:`stylus_docs.release.publish`, so a reader never
+sees half a build and a failed build leaves the previous one live.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stylus_docs import release
+from stylus_docs.atomic import atomic_open, atomic_write_text
+from stylus_docs.errors import FatalError
+from stylus_docs.schemas import arrow_schema, validation_errors
+
+logger = logging.getLogger(__name__)
+
+TABLE_DIRS = {"adapters": "adapters", "images": "images", "dead_letter": "dead_letter"}
+#: Columns read back from a previous release for incremental reuse.
+REUSE_COLUMNS = ["adapter_id", "content_hash", "refiner", "embedder", "refined_description", "category",
+                 "recommended_weight", "embedding"]  # fmt: skip
+
+
+def shard_of(key: str, shards: int) -> int:
+    """Stable shard index of a key (CRC32, identical across processes and runs)."""
+    return zlib.crc32(key.encode("utf-8")) % shards
+
+
+def shard_path(table: str, index: int, count: int, ext: str = "parquet") -> str:
+    """Relative path of a shard: ``adapters/part-00003-of-00016.parquet``."""
+    return f"{TABLE_DIRS[table]}/part-{index:05d}-of-{count:05d}.{ext}"
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    stamp = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def rows_to_table(table: str, rows: list[dict[str, Any]], dim: int | None = None) -> pa.Table:
+    """Rows (dicts keyed by column) → an Arrow table with the table's explicit schema.
+
+    Raises:
+        ValueError: a row does not fit the schema (wrong type, wrong embedding size).
+    """
+    schema = arrow_schema(table, dim)
+    columns: dict[str, pa.Array] = {}
+    for fld in schema:
+        values = [row.get(fld.name) for row in rows]
+        if pa.types.is_timestamp(fld.type):
+            values = [_timestamp(v) for v in values]
+        if pa.types.is_fixed_size_list(fld.type):
+            size = fld.type.list_size
+            if rows:
+                flat = np.asarray(values, dtype=np.float32)
+                if flat.ndim != 2 or flat.shape[1] != size:
+                    raise ValueError(f"embedding shape {flat.shape} does not match dim {size}")
+                columns[fld.name] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), size)
+            else:
+                columns[fld.name] = pa.array([], type=fld.type)
+            continue
+        columns[fld.name] = pa.array(values, type=fld.type)
+    return pa.Table.from_arrays(list(columns.values()), schema=schema)
+
+
+def file_entry(build_dir: Path, rel: str, table: str, rows: int) -> dict[str, Any]:
+    """Manifest ``files`` entry of a written file."""
+    path = build_dir / rel
+    return {"table": table, "path": rel, "rows": rows, "bytes": path.stat().st_size,
+            "sha256": release.sha256_file(path)}  # fmt: skip
+
+
+def write_parquet_shard(
+    build_dir: str | os.PathLike[str], table: str, index: int, count: int, rows: list[dict[str, Any]],
+    dim: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Write one Parquet shard atomically; return its manifest entry.
+
+    Rows are sorted by (adapter_id, image_id) so a rebuild of the same input writes the same bytes.
+    """
+    base = Path(build_dir)
+    rel = shard_path(table, index, count)
+    rows = sorted(rows, key=lambda r: (r.get("adapter_id") or "", r.get("image_id") or ""))
+    arrow = rows_to_table(table, rows, dim)
+    with atomic_open(base / rel, "wb") as handle:
+        pq.write_table(arrow, handle, compression="zstd", write_page_checksum=True, write_statistics=True)
+    return file_entry(base, rel, table, len(rows))
+
+
+def write_dead_letters(build_dir: str | os.PathLike[str], letters: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Write all dead letters as one JSONL shard (sorted for determinism); return its manifest entry."""
+    base = Path(build_dir)
+    rel = shard_path("dead_letter", 0, 1, "jsonl")
+    items = sorted(letters, key=lambda d: (d.get("stage") or "", d.get("record_id") or "", d.get("reason") or ""))
+    with atomic_open(base / rel, "w") as handle:
+        for item in items:
+            handle.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n")
+    return file_entry(base, rel, "dead_letter", len(items))
+
+
+def check_invariant(counts: dict[str, Any]) -> None:
+    """Raise FatalError unless input = written + Σ filtered + Σ dead_letter."""
+    total = counts["written"] + sum(counts["filtered"].values()) + sum(counts["dead_letter"].values())
+    if counts["input"] != total:
+        raise FatalError(
+            f"count invariant broken: input {counts['input']} != written {counts['written']} + filtered "
+            f"{sum(counts['filtered'].values())} + dead letters {sum(counts['dead_letter'].values())}"
+        )
+
+
+def write_manifest(build_dir: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    """Validate ``manifest`` against ``schemas/manifest.v1.json`` and the invariant, then write it last."""
+    errors = validation_errors("manifest.v1.json", manifest)
+    if errors:
+        raise FatalError(f"refusing to write an invalid manifest: {errors[0]}")
+    check_invariant(manifest["counts"])
+    atomic_write_text(Path(build_dir) / release.MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+def finalize_build(docs: str | os.PathLike[str], build_id: str, manifest: dict[str, Any], keep: int) -> Path:
+    """Write the manifest, publish the build (switch ``CURRENT``), prune to ``keep`` builds."""
+    build_dir = release.build_path(docs, build_id)
+    problems = release.verify_files(build_dir, manifest)
+    if problems:
+        raise FatalError(f"build {build_id} is not intact: {problems[0]}")
+    write_manifest(build_dir, manifest)
+    release.publish(docs, build_id)
+    removed = release.prune(docs, keep)
+    if removed:
+        logger.info("pruned old builds: %s", ", ".join(removed))
+    return build_dir
+
+
+def utc_now() -> str:
+    """Current time as ISO 8601 UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_previous(docs_old: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Rows of a previous release needed for reuse (refinement + embedding), shard by shard.
+
+    ``docs_old`` may be a release root or a build directory; files come from its manifest.
+    """
+    build_dir = release.resolve_build(docs_old)
+    manifest = release.load_manifest(build_dir)
+    for path in release.table_files(build_dir, manifest, "adapters"):
+        parquet = pq.ParquetFile(path)
+        names = [c for c in REUSE_COLUMNS if c in parquet.schema_arrow.names]
+        for batch in parquet.iter_batches(columns=names, batch_size=4096):
+            cols = {name: batch.column(name) for name in names}
+            emb = cols.pop("embedding", None)
+            matrix = None
+            if emb is not None and len(emb):
+                matrix = emb.values.to_numpy(zero_copy_only=False).reshape(len(emb), -1)
+            plain = {k: v.to_pylist() for k, v in cols.items()}
+            for i in range(batch.num_rows):
+                row = {k: v[i] for k, v in plain.items()}
+                row["embedding"] = matrix[i] if matrix is not None else None
+                yield row
+
+
+def previous_build_id(docs_old: str | os.PathLike[str]) -> str:
+    """Build id of the previous release (for the manifest)."""
+    return str(release.load_manifest(release.resolve_build(docs_old))["build_id"])
