@@ -93,7 +93,7 @@ class Embedder(Protocol):
         """L2-normalized float32 matrix, one row per text."""
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Same as :meth:`embed`, for raw user queries."""
+        """Same as :meth:`embed`, for raw user queries (also available as ``encode``)."""
 
 
 def card_text(title: str, description: str, tags: Sequence[str], trigger_words: Sequence[str]) -> str:
@@ -164,6 +164,8 @@ class MiniLMEmbedder:
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed(texts)
 
+    encode = embed_queries  # the name the query module calls
+
 
 class OpenAIEmbedder:
     """OpenAI-compatible ``/v1/embeddings`` (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``).
@@ -210,6 +212,8 @@ class OpenAIEmbedder:
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed(texts)
 
+    encode = embed_queries  # the name the query module calls
+
 
 class ClipTextEmbedder:
     """open_clip text tower from local weights (``ARCH:/path/weights`` or ``STYLUS_CLIP_WEIGHTS``)."""
@@ -248,6 +252,8 @@ class ClipTextEmbedder:
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed(texts)
+
+    encode = embed_queries  # the name the query module calls
 
 
 def load_embedder(name: str = "minilm", model: str | None = None, batch_size: int = 128) -> Embedder:

@@ -22,7 +22,7 @@ MAX_CHARS = 400
 _BOILERPLATE = re.compile(
     r"(https?://|www\.|ko-?fi|patreon|discord|buy me a coffee|support me|follow me|twitter|"
     r"\bweight\b|\bstrength\b|trigger ?word|recommended|negative prompt|sampler|cfg|steps|"
-    r"please|thank|update|changelog|version|v\d|license|credit)",
+    r"please|thank|update|changelog|version|v\d|license|credit|<lora|<lyco)",
     re.I,
 )
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import statistics
 
+from stylus_docs.normalize.lora import parse_lora_tags
 from stylus_docs.records import CATEGORIES, DEFAULT_WEIGHT, AdapterCard
 
 _NUM = r"([0-9]*\.[0-9]+|[0-9]+(?:\.[0-9]+)?)"
@@ -57,7 +58,10 @@ assert all(c in CATEGORIES for _, c in _TAG_CATEGORIES + _KEYWORDS)
 
 
 def stated_weight(text: str) -> float | None:
-    """The weight a card's text recommends (middle of a stated range), or None."""
+    """The weight a card's text recommends (middle of a stated range, or a ``<lora:…:w>`` it shows)."""
+    tags = [w for w in parse_lora_tags(text).values() if MIN_WEIGHT <= w <= MAX_WEIGHT]
+    if tags:
+        return round(float(statistics.median(tags)), 3)
     for match in _STATED.finditer(text or ""):
         try:
             low = float(match.group(1))
