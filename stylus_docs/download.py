@@ -38,7 +38,7 @@ import random
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -488,6 +488,84 @@ def _map_http_failure(exc: HttpFailure) -> SkipRecord:
     return SkipRecord(exc.reason, detail)
 
 
+@dataclass
+class DownloadReport:
+    """What :func:`fetch_all` did.
+
+    Args:
+        fetched: ``(adapter_id, path)`` of every adapter now in the cache.
+        failed: ``(adapter_id, reason, detail)`` of every adapter that could not be had.
+    """
+
+    fetched: list[tuple[str, Path]] = field(default_factory=list)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def reasons(self) -> dict[str, int]:
+        """Failure counts by reason."""
+        out: dict[str, int] = {}
+        for _, reason, _ in self.failed:
+            out[reason] = out.get(reason, 0) + 1
+        return dict(sorted(out.items()))
+
+
+def release_cards(
+    docs: str | os.PathLike[str], adapter_ids: list[str] | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Download-relevant columns of the adapters of the live build of release ``docs``.
+
+    Args:
+        docs: Release root (or a build directory).
+        adapter_ids: Only these adapters (every one must exist).
+        limit: At most this many adapters (in table order).
+
+    Returns:
+        Card dicts with ``adapter_id``, ``download_url``, ``sha256``, ``file_name``, ``file_size_kb``.
+
+    Raises:
+        FatalError: no release, or an id that is not in it.
+    """
+    import pyarrow.parquet as pq
+
+    from stylus_docs.release import load_manifest, resolve_build, table_files
+
+    build = resolve_build(docs)
+    manifest = load_manifest(build)
+    columns = ["adapter_id", "download_url", "sha256", "file_name", "file_size_kb"]
+    wanted = set(adapter_ids or [])
+    cards: list[dict[str, Any]] = []
+    for path in table_files(build, manifest, "adapters"):
+        for row in pq.read_table(path, columns=columns).to_pylist():
+            if wanted and row["adapter_id"] not in wanted:
+                continue
+            cards.append(row)
+    if wanted:
+        missing = sorted(wanted - {c["adapter_id"] for c in cards})
+        if missing:
+            raise FatalError(f"adapter id(s) not in the release: {', '.join(missing[:5])}")
+    return cards[:limit] if limit is not None else cards
+
+
+def fetch_all(cache: AdapterCache, cards: list[Mapping[str, Any]]) -> DownloadReport:
+    """Fetch every card's weights into ``cache``; failures are collected with their reason.
+
+    Args:
+        cache: The cache to fill.
+        cards: Card dicts (see :meth:`AdapterCache.fetch`).
+
+    Returns:
+        The report (nothing is raised for a bad adapter).
+    """
+    report = DownloadReport()
+    for card in cards:
+        adapter_id = str(card.get("adapter_id") or "")
+        try:
+            report.fetched.append((adapter_id, cache.fetch(card)))
+        except SkipRecord as exc:
+            logger.info("download %s failed: %s", adapter_id, exc.reason)
+            report.failed.append((adapter_id, exc.reason, exc.detail))
+    return report
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -499,6 +577,9 @@ def _sha256_file(path: Path) -> str:
 __all__ = [
     "AdapterCache",
     "DownloadConfig",
+    "DownloadReport",
+    "fetch_all",
+    "release_cards",
     "UnsafeWeightsError",
     "filename_from_content_disposition",
     "normalize_sha256",
