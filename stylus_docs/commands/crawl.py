@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``crawl`` parser."""
     from pipelines.crawl import add_arguments
 
-    parser = subparsers.add_parser("crawl", help="crawl Civitai or Hugging Face adapter cards into raw snapshots",
+    parser = subparsers.add_parser("crawl", help="crawl Civitai or Hugging Face cards into raw snapshots",
                                    description=__doc__.splitlines()[0])
     add_arguments(parser)
     parser.set_defaults(func=handle, accepts_extra=True)

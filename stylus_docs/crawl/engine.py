@@ -97,7 +97,8 @@ class CrawlConfig:
 
     def make_client(self) -> HttpClient:
         """A fresh :class:`HttpClient` for this crawl (one per worker)."""
-        return HttpClient(self.api_url, token_env=self.token_env, rps=self.rps, max_attempts=self.max_attempts,
+        return HttpClient(self.api_url, token_env=self.token_env, rps=self.rps,
+                          max_attempts=self.max_attempts,
                           backoff=self.backoff, max_retry_after=self.max_retry_after, timeout=self.timeout,
                           pool_size=max(8, self.concurrency + 2))
 
@@ -275,7 +276,7 @@ class VersionFetcher:
         self.pending.append(self.pool.submit(self.crawler.fetch_version, model_id, version_id))
 
     def drain(self, wait: bool = False) -> int:
-        """Collect finished fetches and write full chunks (all of them when ``wait``); return records written."""
+        """Collect finished fetches, write full chunks (all when ``wait``); return records written."""
         still: list[Future] = []
         for fut in self.pending:
             if wait or fut.done():
@@ -340,7 +341,7 @@ class HfCrawler(_Crawler):
                              lambda r: (r.get("item") or {}).get("id"), cfg.limit)
 
     def crawl(self) -> int:
-        """Page the listing from the saved next URL, fetch cards concurrently, commit; return records written."""
+        """Page from the saved next URL, fetch cards concurrently, commit; return records written."""
         key = self.PARTITION
         saved = self.state.partition(key)
         if saved.get("done"):

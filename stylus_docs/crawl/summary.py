@@ -85,10 +85,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     """A short human-readable block for the terminal."""
     lines = [f"crawl {summary['source']}: {'complete' if summary['complete'] else 'INCOMPLETE'}"]
     if summary["source"] == "civitai":
-        lines.append(f"  models {summary['models']}  versions {summary['versions']}  images {summary['images']}")
+        lines.append(f"  models {summary['models']}  versions {summary['versions']}  "
+                     f"images {summary['images']}")
     else:
-        lines.append(f"  models {summary['models']}  cards {summary['cards']}  card errors {summary['card_errors']}")
-    lines.append(f"  requests {summary['requests']}  retries {summary['retries']} {summary['retries_by_reason']}")
+        lines.append(f"  models {summary['models']}  cards {summary['cards']}  "
+                     f"card errors {summary['card_errors']}")
+    lines.append(f"  requests {summary['requests']}  retries {summary['retries']} "
+                 f"{summary['retries_by_reason']}")
     lines.append(f"  failed records {summary['failed_records']} {summary['failed_records_by_reason']}")
     if summary["incomplete_partitions"]:
         lines.append(f"  incomplete partitions {summary['incomplete_partitions']}")

@@ -95,7 +95,7 @@ class HuggingFaceSource:
         return Page(items=body, next=nxt or None, requested=next_url)
 
     def fetch_card(self, item: dict[str, Any]) -> tuple[str | None, str | None]:
-        """README text of ``item``'s repo at its ``sha`` (else ``main``): ``(text, None)`` or ``(None, reason)``."""
+        """README of ``item``'s repo at its ``sha`` (else main): ``(text, None)`` or ``(None, reason)``."""
         rid = repo_id(item)
         sha = item.get("sha")
         revision = sha if isinstance(sha, str) and _SHA.match(sha) else "main"
