@@ -86,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--author", default=None, help="user or organisation")
     h.add_argument("--sort", default=None, choices=("downloads", "likes", "createdAt", "lastModified",
                                                      "trendingScore"))
+    h.add_argument("--page-size", type=int, default=100, metavar="N",
+                   help="items per listing page; the rest follow the Link header (default 100)")
 
 
 def _common(p: argparse.ArgumentParser, url_env: str) -> None:
@@ -114,7 +116,9 @@ def config_from_args(args: argparse.Namespace) -> CrawlConfig:
     else:
         default_url, env = huggingface.DEFAULT_URL, huggingface.URL_ENV
         source_kw = {"hf": HfQuery(filters=tuple(args.filter or ("lora",)), search=args.search,
-                                   author=args.author, sort=args.sort)}
+                                   author=args.author, sort=args.sort, page_size=args.page_size)}
+        if args.page_size < 1:
+            raise FatalError("--page-size must be >= 1")
     api_url = args.api_url or os.environ.get(env) or default_url
     if args.chunk_size < 1:
         raise FatalError("--chunk-size must be >= 1")
@@ -151,7 +155,7 @@ class _MetricsMixin:
 
 def _fatal_guard(cfg: CrawlConfig, exc: FatalError) -> None:
     """Leave the fatal message where the launcher finds it (runners wrap DoFn exceptions)."""
-    path = Path(cfg.out) / _FATAL_FILE
+    path = Path(cfg.out) / cfg.source / _FATAL_FILE
     path.write_text(json.dumps({"message": redact(str(exc))}), encoding="utf-8")
 
 
@@ -292,8 +296,8 @@ def run_config(cfg: CrawlConfig, beam_args: Sequence[str] = (), quiet: bool = Fa
             or an unreachable API host.
     """
     started = time.monotonic()
-    CrawlState(cfg.out).begin(cfg.fingerprint())
-    fatal_path = Path(cfg.out) / _FATAL_FILE
+    CrawlState(Path(cfg.out) / cfg.source).begin(cfg.fingerprint())
+    fatal_path = Path(cfg.out) / cfg.source / _FATAL_FILE
     fatal_path.unlink(missing_ok=True)
     # Temp chunks left by a killed run (readers already ignore them); one crawl per OUT at a time.
     for stale in Path(cfg.out).glob(f"{cfg.source}/.*.part"):

@@ -16,7 +16,7 @@ FAST = ["--backoff", "0.01", "--max-attempts", "8", "--no-progress", "--quiet", 
 
 def _crawl(out: Path, url: str, *flags: str) -> dict:
     assert main(["crawl", "civitai", "--out", str(out), "--api-url", url, *FAST, *flags]) == 0
-    return json.loads((out / "summary.json").read_text())
+    return json.loads((out / "civitai" / "summary.json").read_text())
 
 
 def _ids(out: Path, prefix: str) -> list[int]:

@@ -82,8 +82,8 @@ def test_malformed_items_pages_and_bodies_are_recorded(bad_server, tmp_path, cap
         ("images", "invalid_page"),   # version 120's images body has the wrong shape
         ("listing", "invalid_page"),  # page 2 is a list
     ])
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "civitai" / "summary.json").read_text())
     assert summary["failed_records"] == 8 and not summary["complete"]
     assert summary["retries_by_reason"] == {"invalid_json": 1}
-    state = json.loads((out / "state.json").read_text())
+    state = json.loads((out / "civitai" / "state.json").read_text())
     assert state["partitions"]["type=*|base=*"]["cursor"] == "c2"  # resumes at the broken page

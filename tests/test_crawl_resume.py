@@ -37,7 +37,7 @@ def test_kill_9_then_resume_gives_the_same_snapshot(replay_server, tmp_path) -> 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     partial = _ids(out, "versions")
-    assert partial and not (out / "summary.json").exists()
+    assert partial and not (out / "civitai" / "summary.json").exists()
 
     done = subprocess.run(_cmd(out, url), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -50,4 +50,4 @@ def test_kill_9_then_resume_gives_the_same_snapshot(replay_server, tmp_path) -> 
     assert sorted(models) == sorted(_ids(reference, "models"))
     assert sorted(versions) == sorted(_ids(reference, "versions"))
     assert set(partial) <= set(versions)
-    assert not [p for p in (out / "civitai").iterdir() if p.name.startswith(".")]  # no temp files left
+    assert not list((out / "civitai").glob(".*.part"))  # no temp files left (.state.lock is the lock file)

@@ -129,8 +129,9 @@ class _Crawler:
         self.cfg = cfg
         self.client = client or cfg.make_client()
         self.out = Path(cfg.out)
-        self.state = CrawlState(self.out)
-        self.failures = FailureLog(self.out)
+        # State lives per source (OUT/civitai/state.json, OUT/hf/state.json) so one OUT holds both crawls.
+        self.state = CrawlState(self.out / cfg.source)
+        self.failures = FailureLog(self.out / cfg.source)
         self.record_failures: dict[str, int] = {}
         self._lock = threading.Lock()
 

@@ -33,10 +33,10 @@ STATE_VERSION = 1
 
 
 class CrawlState:
-    """``OUT/state.json`` with process- and thread-safe updates.
+    """``OUT/<source>/state.json`` with process- and thread-safe updates.
 
     Args:
-        out: the crawl's output directory.
+        out: the state directory of one source's crawl (``OUT/civitai`` or ``OUT/hf``).
     """
 
     _thread_lock = threading.Lock()
@@ -129,14 +129,17 @@ class FailureLog:
 
 
 def read_failures(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every complete line of ``OUT/failures.jsonl``."""
-    path = Path(out) / "failures.jsonl"
-    if not path.exists():
-        return []
+    """Every complete line of the failure logs of a crawl output (``OUT/<source>/failures.jsonl``).
+
+    ``out`` may be the crawl's OUT (every source is read) or one source's state directory.
+    """
+    root = Path(out)
+    paths = [root / "failures.jsonl"] if (root / "failures.jsonl").exists() else sorted(root.glob("*/failures.jsonl"))
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(ValueError):
-            rows.append(json.loads(line))
+    for path in paths:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                rows.append(json.loads(line))
     return rows
 
 

@@ -50,7 +50,7 @@ def build_summary(out: str | Path, source: str, counters: dict[str, Any], elapse
             record_failures, max_in_flight).
         elapsed_s: wall time of this run.
     """
-    state = CrawlState(out).load()
+    state = CrawlState(Path(out) / source).load()
     parts = state.get("partitions", {})
     incomplete = {k: v.get("failed") or "not finished" for k, v in parts.items() if not v.get("done")}
     totals = snapshot_totals(out, source)
@@ -75,8 +75,8 @@ def build_summary(out: str | Path, source: str, counters: dict[str, Any], elapse
 
 
 def write_summary(out: str | Path, summary: dict[str, Any]) -> Path:
-    """Write ``OUT/summary.json`` atomically; return its path."""
-    path = Path(out) / "summary.json"
+    """Write ``OUT/<source>/summary.json`` atomically; return its path."""
+    path = Path(out) / summary["source"] / "summary.json"
     atomic_write_text(path, json.dumps(summary, indent=1, sort_keys=True))
     return path
 

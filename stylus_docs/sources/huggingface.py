@@ -37,12 +37,14 @@ class HfQuery:
         search: substring of the repo id.
         author: user or organisation.
         sort: ``downloads``, ``likes``, ``createdAt``, ``lastModified`` or ``trendingScore``.
+        page_size: items per listing page (the Hub's ``limit``); later pages come from ``Link`` headers.
     """
 
     filters: tuple[str, ...] = ("lora",)
     search: str | None = None
     author: str | None = None
     sort: str | None = None
+    page_size: int = PAGE_LIMIT
 
     def params(self) -> list[tuple[str, str]]:
         """Query params of the first listing page."""
@@ -50,7 +52,7 @@ class HfQuery:
         for key, value in (("search", self.search), ("author", self.author), ("sort", self.sort)):
             if value:
                 pairs.append((key, value))
-        pairs += [("full", "true"), ("limit", str(PAGE_LIMIT))]
+        pairs += [("full", "true"), ("limit", str(self.page_size))]
         return pairs
 
 
