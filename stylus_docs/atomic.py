@@ -14,6 +14,17 @@ from pathlib import Path
 from typing import IO
 
 
+def shared_file_mode() -> int:
+    """Permission bits an ordinary ``open()`` would give a new file (0o666 less the umask).
+
+    ``mkstemp`` creates files 0o600; published snapshots and release shards must stay readable by the
+    other users and services that read them, so the temporary file is widened before it is renamed.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
@@ -24,6 +35,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), shared_file_mode())
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:

@@ -57,3 +57,10 @@ def test_cli_fatal_error_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("stylus-docs sql: error:"), proc.stderr
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "shard.bin"
+    atomic.atomic_write_bytes(target, b"x")
+    assert target.stat().st_mode & 0o777 == atomic.shared_file_mode()
+    assert atomic.shared_file_mode() & 0o044, "published files must be readable by others under a normal umask"

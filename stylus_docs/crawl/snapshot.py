@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from stylus_docs.atomic import shared_file_mode
+
 logger = logging.getLogger(__name__)
 
 _CHUNK = re.compile(r"^(?P<prefix>[a-z]+)-(?P<num>\d{5,})\.jsonl\.gz$")
@@ -58,6 +60,7 @@ def write_chunk(directory: str | os.PathLike[str], prefix: str, records: list[An
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            os.fchmod(handle.fileno(), shared_file_mode())
             os.fsync(handle.fileno())
         existing = committed_chunks(root, prefix)
         num = int(_CHUNK.match(existing[-1].name)["num"]) + 1 if existing else 0
