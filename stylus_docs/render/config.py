@@ -81,6 +81,8 @@ class RenderConfig:
             raise FatalError("render: --render-pipeline is required")
         if self.prompts_per_adapter < 1:
             raise FatalError("render: prompts per adapter must be >= 1")
+        if self.baseline_cache_size < 0:
+            raise FatalError("render: baseline cache size must be >= 0")
         if self.steps < 1 or self.batch_size < 1:
             raise FatalError("render: steps and batch size must be >= 1")
         if self.width % 8 or self.height % 8 or self.width <= 0 or self.height <= 0:

@@ -203,8 +203,13 @@ class AdapterRenderer:
             t_loaded = time.perf_counter()
             self.timings["load"] += t_loaded - t_load
 
-            missing = [(p, s) for p, s in zip(prompts, seeds, strict=True) if (p, s) not in self._baseline]
-            self.stats["baseline_hits"] += len(prompts) - len(missing)
+            keys = list(zip(prompts, seeds, strict=True))
+            # This adapter's no-adapter PNGs, taken now: the shared cache may evict them while we work.
+            baselines = {k: self._baseline[k] for k in keys if k in self._baseline}
+            missing = [k for k in keys if k not in baselines]
+            for key in baselines:
+                self._baseline.move_to_end(key)  # least recently used goes first
+            self.stats["baseline_hits"] += len(baselines)
             self.stats["baseline_misses"] += len(missing)
             if missing:
                 pipe.disable_lora()
@@ -217,7 +222,8 @@ class AdapterRenderer:
                         "nan_output", "the base pipeline produced NaN/inf pixels without the adapter"
                     )
                 for key, arr in zip(missing, arrays, strict=True):
-                    self._remember_baseline(key, _png(arr))
+                    baselines[key] = _png(arr)
+                    self._remember_baseline(key, baselines[key])
             t_fuse = time.perf_counter()
             self.timings["render_without"] += t_fuse - t_loaded
 
@@ -237,7 +243,7 @@ class AdapterRenderer:
                 result.status, result.error = "nan_output", "NaN/inf pixels with the adapter applied"
                 return result
             t0 = time.perf_counter()
-            result.images = self._write_images(card, adapter_id, prompts, seeds, weight, with_arrays)
+            result.images = self._write_images(adapter_id, prompts, seeds, weight, with_arrays, baselines)
             self.timings["save"] += time.perf_counter() - t0
             return result
         except Exception as exc:  # noqa: BLE001 - boundary: a render error (OOM, bad prompt) fails one adapter
@@ -321,18 +327,18 @@ class AdapterRenderer:
 
     def _write_images(
         self,
-        card: Mapping[str, Any],
         adapter_id: str,
         prompts: list[str],
         seeds: list[int],
         weight: float,
         with_arrays: list[Any],
+        baselines: Mapping[tuple[str, int], bytes],
     ) -> list[dict[str, Any]]:
         cfg = self.config
         rows: list[dict[str, Any]] = []
         for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
             for with_adapter in (False, True):
-                png = _png(with_arrays[i]) if with_adapter else self._baseline[(prompt, seed)]
+                png = _png(with_arrays[i]) if with_adapter else baselines[(prompt, seed)]
                 rel = image_relpath(adapter_id, with_adapter, i, seed)
                 atomic_write_bytes(self.out_dir / rel, png)
                 rows.append(
