@@ -448,7 +448,8 @@ def _fmt_mode(name: str, m: dict[str, Any]) -> str:
         return f"| {name} | {m['adapters_per_hour']:.0f} | {m['seconds_per_adapter_median']:.3f} | {shares} |"
     per = 3600.0 / m["adapters_per_hour_with_renders_only"]
     detail = ", ".join(f"{k} {v:.3f}s" for k, v in m.items() if k.endswith("_median") or k == "first_load_s")
-    return f"| {name} (with-adapter renders only) | {m['adapters_per_hour_with_renders_only']:.0f} | {per:.3f} | {detail} |"
+    rate = m["adapters_per_hour_with_renders_only"]
+    return f"| {name} (with-adapter renders only) | {rate:.0f} | {per:.3f} | {detail} |"
 
 
 def write_benchmarks_section(report: dict[str, Any]) -> None:
@@ -458,10 +459,12 @@ def write_benchmarks_section(report: dict[str, Any]) -> None:
         "## render",
         "",
         f"`scripts/gpu_render_bench.py{' --tiny' if report['layout'] == 'tiny' else ''}` — layout "
-        f"{report['layout']}, device {report['device']} ({report['torch_threads']} torch threads), {report['dtype']}, "
+        f"{report['layout']}, device {report['device']} ({report['torch_threads']} torch threads), "
+        f"{report['dtype']}, "
         f"{report['size']}×{report['size']}, {report['steps']} steps, {report['prompts']} prompts × "
         f"(with + without) per adapter at batch {report['batch']}, rank-{report['rank']} LoRAs "
-        f"({report['adapter_file_mb']:.2f} MB), {report['adapters']} adapters per mode; one run, medians per adapter.",
+        f"({report['adapter_file_mb']:.2f} MB), {report['adapters']} adapters per mode; "
+        "one run, medians per adapter.",
         "",
         f"Base batch of {report['batch']}: {report['base_batch_s']:.3f} s (median of 3).",
         "",
