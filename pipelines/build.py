@@ -81,6 +81,7 @@ class BuildConfig:
     keep: int = 3
     embed_batch: int = 512
     vlm_max_images: int = 4
+    vlm_retries: int = 4
     render: bool = False
     render_pipeline: str | None = None
     render_device: str | None = None
@@ -272,7 +273,8 @@ class OpenAIRefine(beam.PTransform):
         from stylus_docs.refine.openai_vlm import OpenAIRefineHandler, VLMConfig
 
         cfg = self.config
-        vlm = VLMConfig(model=cfg.refiner_model or "gpt-4o-mini", max_images=cfg.vlm_max_images)
+        vlm = VLMConfig(model=cfg.refiner_model or "gpt-4o-mini", max_images=cfg.vlm_max_images,
+                        num_retries=cfg.vlm_retries)
         cache_dir = self._cache_dir()
         model = vlm.model
         pipeline = cards.pipeline
@@ -721,6 +723,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refiner", choices=("extractive", "openai"), default="extractive")
     parser.add_argument("--refiner-model", metavar="NAME", help="chat model of the openai refiner")
     parser.add_argument("--vlm-max-images", type=int, default=4, help="example images sent to the VLM")
+    parser.add_argument("--vlm-retries", type=int, default=4, help="retries of a VLM request on 429/5xx")
     parser.add_argument("--embedder", choices=("minilm", "openai", "clip"), default="minilm")
     parser.add_argument("--embedder-model", metavar="NAME", help="openai model, or clip ARCH[:weights path]")
     parser.add_argument("--embed-batch", type=int, default=512, help="texts per embedding batch")
@@ -758,7 +761,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         raw=list(args.raw), out=args.out, previous=args.previous, refiner=args.refiner,
         refiner_model=args.refiner_model, embedder=args.embedder, embedder_model=args.embedder_model,
         filters=filters, shards=args.shards, keep=args.keep, embed_batch=args.embed_batch,
-        vlm_max_images=args.vlm_max_images, render=args.render, render_pipeline=args.render_pipeline,
+        vlm_max_images=args.vlm_max_images, vlm_retries=args.vlm_retries, render=args.render, render_pipeline=args.render_pipeline,
         render_device=args.render_device, render_prompts=args.render_prompts,
         progress=False if args.no_progress else None,
     )  # fmt: skip

@@ -23,12 +23,13 @@ MIN_WEIGHT, MAX_WEIGHT = 0.05, 2.0
 
 #: Category tags as Civitai uses them (the paper's category plot counts these), in priority order.
 _TAG_CATEGORIES: tuple[tuple[str, str], ...] = (
+    # Specific subjects first: "style" is a generic tag that co-occurs with most of them.
     ("celebrity", "celebrity"),
     ("character", "character"),
-    ("style", "style"),
     ("clothing", "clothing"),
     ("poses", "pose"),
     ("pose", "pose"),
+    ("action", "action"),
     ("background", "background"),
     ("buildings", "building"),
     ("building", "building"),
@@ -36,7 +37,7 @@ _TAG_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("animal", "animal"),
     ("objects", "object"),
     ("assets", "object"),
-    ("action", "action"),
+    ("style", "style"),
     ("concept", "concept"),
 )
 #: Keyword → category, tried over tags then title when no category tag matched.

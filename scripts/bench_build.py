@@ -1,0 +1,125 @@
+"""Benchmark of the build stage on the SFW half of the 2023 Civitai corpus (CPU, default refiner/embedder).
+
+Measures, in one run:
+
+* full build wall time (``run_build`` in-process: read, normalize, filter, refine, embed, write, publish)
+  and adapters/s;
+* pure embedding time of the same texts (the written rows' embedding texts → vectors with the same
+  embedder, model already loaded, no Beam) and the pipeline overhead ratio full / pure − 1;
+* an incremental rebuild with 1% of the models' descriptions changed (``--previous``) and its ratio to
+  the full build.
+
+Writes the ``build`` section of BENCHMARKS.md. Usage: ``python scripts/bench_build.py [--input FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_INPUT = ROOT.parent / "shared" / "data" / "civitai-2023" / "lora_normal.dev.jsonl.gz"
+
+
+def _replace_section(path: Path, name: str, body: str) -> None:
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", default=str(DEFAULT_INPUT))
+    parser.add_argument("--changed", type=float, default=0.01, help="fraction of models changed for the rebuild")
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = parser.parse_args()
+    src = Path(args.input)
+    if not src.exists():
+        print(f"bench_build: input {src} not found (../shared/data absent); nothing measured", file=sys.stderr)
+        return 1
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from pipelines.build import BuildConfig, run_build
+    from stylus_docs import release
+    from stylus_docs.embed import card_text, load_embedder
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_build_"))
+    docs = tmp / "docs"
+    t0 = time.perf_counter()
+    full = run_build(BuildConfig(raw=[str(src)], out=str(docs), progress=False))
+    full_s = time.perf_counter() - t0
+    written = full["counts"]["written"]
+
+    build = release.resolve_build(docs)
+    manifest = release.load_manifest(build)
+    rows = []
+    for path in release.table_files(build, manifest, "adapters"):
+        rows.extend(pq.read_table(path, columns=["title", "refined_description", "tags", "trigger_words"]).to_pylist())
+    texts = [card_text(r["title"], r["refined_description"], r["tags"], r["trigger_words"]) for r in rows]
+    embedder = load_embedder("minilm")
+    embedder.embed(texts[:8])  # warm-up
+    t0 = time.perf_counter()
+    vecs = embedder.embed(texts)
+    pure_s = time.perf_counter() - t0
+    assert vecs.shape == (len(texts), 384) and np.isfinite(vecs).all()
+
+    items = [json.loads(line) for line in gzip.open(src, "rt", encoding="utf-8")]
+    rng = random.Random(0)
+    changed = rng.sample(range(len(items)), max(1, int(len(items) * args.changed)))
+    for i in changed:
+        items[i]["description"] = (items[i].get("description") or "") + "<p>Edited for the benchmark.</p>"
+    edited = tmp / "edited.jsonl.gz"
+    with gzip.open(edited, "wt", encoding="utf-8") as handle:
+        for item in items:
+            handle.write(json.dumps(item) + "\n")
+    t0 = time.perf_counter()
+    inc = run_build(BuildConfig(raw=[str(edited)], out=str(tmp / "docs2"), previous=str(docs), progress=False))
+    inc_s = time.perf_counter() - t0
+    c = inc["counts"]
+
+    overhead = full_s / pure_s - 1
+    body = f"""## build
+
+Input: `{src.name}` ({len(items)} models, {full['counts']['input']} adapter versions in, {written} written);
+default refiner (extractive@v1) and embedder (MiniLM, CPU), in-process Beam runner, one run on
+{platform.machine()} with {os.cpu_count()} cores (shared with other jobs: absolute times are noisy, ratios
+are measured in the same run).
+
+| measure | value |
+| --- | --- |
+| full build wall time | {full_s:.1f} s |
+| adapters/s (written / full wall) | {written / full_s:.1f} |
+| pure embedding of the same {len(texts)} texts (no Beam, model loaded) | {pure_s:.1f} s |
+| pipeline overhead (full / pure − 1) | {overhead * 100:.0f} % (target ≤ 25 %) |
+| incremental rebuild, {len(changed)} models ({args.changed:.0%}) changed | {inc_s:.1f} s |
+| incremental / full | {inc_s / full_s * 100:.1f} % (target ≤ 10 %) |
+| incremental counts | reused {c['reused']}, refined {c['refined']}, embedded {c['embedded']} |
+
+Filtered (full build): `{json.dumps(full['counts']['filtered'], sort_keys=True)}`;
+dead letters: `{json.dumps(full['counts']['dead_letter'], sort_keys=True)}`.
+"""
+    print(body)
+    if not args.no_write:
+        _replace_section(ROOT / "BENCHMARKS.md", "build", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Embedders: MiniLM (offline, CPU), OpenAI-compatible (loopback fake), clip (clear failure offline)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fakes.openai_server import fake_vector, start_fake_openai, stop
+
+from stylus_docs.embed import card_text, embedder_info, l2_normalize, load_embedder
+from stylus_docs.errors import FatalError
+
+
+def test_template_has_title_description_tags_and_triggers() -> None:
+    text = card_text("Ink", "Ink drawings.", ["style", "license:mit"], ["inkdraw"])
+    assert text.startswith("Convert Stable Diffusion finetuned adapter description into an embedding for search:")
+    assert "Title: Ink;" in text and "Description: Ink drawings.;" in text
+    assert "Tags: style;" in text and "Trigger words: inkdraw;" in text and "license" not in text
+
+
+def test_minilm_batched_normalized_and_stable() -> None:
+    emb = load_embedder("minilm", batch_size=4)
+    texts = [f"adapter number {i} paints {w}" for i, w in enumerate(["cats", "dogs", "cars", "ink", "sea"] * 3)]
+    vecs = emb.embed(texts)
+    assert vecs.dtype == np.float32 and vecs.shape == (15, 384) == (len(texts), emb.info.dim)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(emb.embed(texts[3:5]), vecs[3:5], atol=1e-5)  # batching does not change vectors
+    q = emb.embed_queries(["a cat"])[0]
+    assert float(q @ emb.embed(["a photo of a cat"])[0]) > float(q @ emb.embed(["a red sports car"])[0])
+    assert emb.info.id == "minilm:all-MiniLM-L6-v2@v1"
+
+
+def test_openai_embedder_against_fake(monkeypatch: pytest.MonkeyPatch) -> None:
+    server, base_url = start_fake_openai(embed_dim=3072)
+    try:
+        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+        emb = load_embedder("openai", batch_size=2)
+        vecs = emb.embed(["a", "b", "c"])
+        assert vecs.shape == (3, 3072)
+        assert np.allclose(vecs[2], fake_vector("c", 3072), atol=1e-6)
+        bodies = server.requests_to("/embeddings")
+        assert [b["input"] for b in bodies] == [["a", "b"], ["c"]]
+        assert bodies[0]["model"] == "text-embedding-3-large"
+    finally:
+        stop(server)
+
+
+def test_clip_without_local_weights_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STYLUS_CLIP_WEIGHTS", raising=False)
+    with pytest.raises(FatalError, match="local open_clip weights"):
+        load_embedder("clip")
+    assert embedder_info("clip").dim == 512
+
+
+def test_unknown_and_normalize() -> None:
+    with pytest.raises(FatalError):
+        load_embedder("word2vec")
+    out = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    assert np.allclose(out, [[0.6, 0.8], [0.0, 0.0]]) and out.dtype == np.float32
