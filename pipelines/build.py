@@ -32,17 +32,23 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils import shared
 
-from stylus_docs import release
+from stylus_docs import release, writer
 from stylus_docs.beam_options import make_pipeline_options
 from stylus_docs.embed import EmbedderInfo, card_text, embedder_info, load_embedder
 from stylus_docs.errors import FatalError, RetryableError, SkipRecord
 from stylus_docs.filters import DEFAULT_TYPES, FilterConfig, apply_filters, filter_images, load_blacklist
 from stylus_docs.normalize import civitai, huggingface
-from stylus_docs.normalize.raw import CIVITAI_MODEL, CIVITAI_VERSION, HF_MODEL, RawFile, discover, read_records
+from stylus_docs.normalize.raw import (
+    CIVITAI_MODEL,
+    CIVITAI_VERSION,
+    HF_MODEL,
+    RawFile,
+    discover,
+    read_records,
+)
 from stylus_docs.records import AdapterCard, DeadLetter, Refinement
 from stylus_docs.refine.extractive import EXTRACTIVE_NAME, EXTRACTIVE_VERSION, refine_extractive
 from stylus_docs.secrets import redact
-from stylus_docs import writer
 
 logger = logging.getLogger(__name__)
 NS = "stylus_docs.build"
@@ -86,6 +92,7 @@ class BuildConfig:
     render_pipeline: str | None = None
     render_device: str | None = None
     render_prompts: int = 2
+    render_cache: str | None = None
     build_id: str | None = None
     progress: bool | None = None
 
@@ -115,7 +122,11 @@ class BuildConfig:
     def refiner_manifest(self) -> dict[str, Any]:
         """Manifest ``refiner`` object."""
         name, version = self.refiner_id.split("@", 1)
-        return {"name": name, "version": version, "model": self.refiner_model if self.refiner == "openai" else None}
+        return {
+            "name": name,
+            "version": version,
+            "model": self.refiner_model if self.refiner == "openai" else None,
+        }
 
 
 def _dead(stage: str, reason: str, record_id: str | None, detail: str | None = None,
@@ -222,7 +233,11 @@ class ReuseFn(beam.DoFn):
         _, joined = group
         prev = joined["prev"][0] if joined["prev"] else None
         for card in joined["cur"]:
-            if prev is not None and prev["content_hash"] == card.content_hash and prev["refiner"] == self.refiner_id:
+            if (
+                prev is not None
+                and prev["content_hash"] == card.content_hash
+                and prev["refiner"] == self.refiner_id
+            ):
                 card.apply_refinement(Refinement(prev["refined_description"], prev["category"],
                                                  prev["recommended_weight"], prev["refiner"]))  # fmt: skip
                 if prev["embedder"] == self.embedder_id and prev["embedding"] is not None:
@@ -273,31 +288,41 @@ class OpenAIRefine(beam.PTransform):
         from stylus_docs.refine.openai_vlm import OpenAIRefineHandler, VLMConfig
 
         cfg = self.config
-        vlm = VLMConfig(model=cfg.refiner_model or "gpt-4o-mini", max_images=cfg.vlm_max_images,
-                        num_retries=cfg.vlm_retries)
+        vlm = VLMConfig(
+            model=cfg.refiner_model or "gpt-4o-mini",
+            max_images=cfg.vlm_max_images,
+            num_retries=cfg.vlm_retries,
+        )
         cache_dir = self._cache_dir()
         model = vlm.model
         pipeline = cards.pipeline
         cached = (
             pipeline
-            | "ListCache" >> beam.Create(sorted(str(p) for p in cache_dir.glob("*.jsonl")) if cache_dir.is_dir() else [])
+            | "ListCache"
+            >> beam.Create(sorted(str(p) for p in cache_dir.glob("*.jsonl")) if cache_dir.is_dir() else [])
             | "ReadCache" >> beam.FlatMap(_read_cache, model)
         )
         joined = (
             {"cur": cards | "KeyByHash" >> beam.Map(lambda c: (c.content_hash, c)), "cache": cached}
             | "JoinCache" >> beam.CoGroupByKey()
-            | "ApplyCache" >> beam.FlatMap(_apply_cache, cfg.refiner_id).with_outputs("miss", EVENTS, main="hit")
+            | "ApplyCache"
+            >> beam.FlatMap(_apply_cache, cfg.refiner_id).with_outputs("miss", EVENTS, main="hit")
         )
-        requests_ = joined.miss | "BuildRequests" >> beam.ParDo(_BuildRequestFn(vlm)).with_outputs("card", "req")
+        requests_ = joined.miss | "BuildRequests" >> beam.ParDo(_BuildRequestFn(vlm)).with_outputs(
+            "card", "req"
+        )
         main, dlq = (
-            requests_.req
-            | "RunInference" >> RunInference(OpenAIRefineHandler(vlm)).with_exception_handling()
+            requests_.req | "RunInference" >> RunInference(OpenAIRefineHandler(vlm)).with_exception_handling()
         )
         by_id = (
-            {"card": requests_.card, "result": main | "ResultKey" >> beam.Map(lambda r: (r.example.adapter_id, r.inference)),
-             "failed": dlq.failed_inferences | "FailedKey" >> beam.FlatMap(_failed_keys)}
+            {
+                "card": requests_.card,
+                "result": main | "ResultKey" >> beam.Map(lambda r: (r.example.adapter_id, r.inference)),
+                "failed": dlq.failed_inferences | "FailedKey" >> beam.FlatMap(_failed_keys),
+            }
             | "JoinResults" >> beam.CoGroupByKey()
-            | "ApplyResults" >> beam.FlatMap(_apply_result).with_outputs("new_cache", EVENTS, DEAD, main="cards")
+            | "ApplyResults"
+            >> beam.FlatMap(_apply_result).with_outputs("new_cache", EVENTS, DEAD, main="cards")
         )
         _ = (
             by_id.new_cache
@@ -389,7 +414,9 @@ def _apply_result(group: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
         yield card
 
 
-def _write_cache(group: tuple[int, Iterable[dict[str, Any]]], cache_dir: str, build_id: str, model: str) -> int:
+def _write_cache(
+    group: tuple[int, Iterable[dict[str, Any]]], cache_dir: str, build_id: str, model: str
+) -> int:
     from stylus_docs.atomic import atomic_write_text
 
     entries = sorted(group[1], key=lambda e: e["content_hash"])
@@ -495,18 +522,16 @@ def _write_json(group: tuple[int, Iterable[Any]], path: str) -> None:
 def build_pipeline(p: beam.Pipeline, config: BuildConfig, files: list[RawFile], build_dir: Path,
                    info: EmbedderInfo, progress: bool) -> None:  # fmt: skip
     """Add every stage of the build to ``p`` (outputs go to ``build_dir``)."""
-    read = (
-        p
-        | "ListInputs" >> beam.Create(files)
-        | "ReadRaw" >> beam.FlatMap(read_records)
-    )
+    read = p | "ListInputs" >> beam.Create(files) | "ReadRaw" >> beam.FlatMap(read_records)
     norm = read | "Normalize" >> beam.ParDo(NormalizeFn()).with_outputs(DEAD, EVENTS, main="cards")
     merged = (
         norm.cards
         | "MergeVersions/Group" >> beam.GroupByKey()
         | "MergeVersions" >> beam.ParDo(MergeVersionsFn()).with_outputs(FILTERED, EVENTS, main="cards")
     )
-    kept = merged.cards | "Filter" >> beam.ParDo(FilterFn(config.filters)).with_outputs(FILTERED, EVENTS, main="cards")
+    kept = merged.cards | "Filter" >> beam.ParDo(FilterFn(config.filters)).with_outputs(
+        FILTERED, EVENTS, main="cards"
+    )
 
     if config.previous:
         prev_dir = str(release.resolve_build(config.previous))
@@ -521,8 +546,10 @@ def build_pipeline(p: beam.Pipeline, config: BuildConfig, files: list[RawFile], 
     reuse = (
         {"cur": kept.cards | "KeyById" >> beam.Map(lambda c: (c.adapter_id, c)), "prev": prev}
         | "ReusePrevious/Join" >> beam.CoGroupByKey()
-        | "ReusePrevious" >> beam.ParDo(ReuseFn(config.refiner_id, info.id)).with_outputs(
-            "refine", "embed", EVENTS, main="done")
+        | "ReusePrevious"
+        >> beam.ParDo(ReuseFn(config.refiner_id, info.id)).with_outputs(
+            "refine", "embed", EVENTS, main="done"
+        )
     )
 
     if config.refiner == "extractive":
@@ -532,9 +559,12 @@ def build_pipeline(p: beam.Pipeline, config: BuildConfig, files: list[RawFile], 
     to_embed = (refined["cards"], reuse.embed) | "ToEmbed" >> beam.Flatten()
     embedded = (
         to_embed
-        | "Embed/Batch" >> beam.BatchElements(min_batch_size=config.embed_batch, max_batch_size=config.embed_batch)
-        | "Embed" >> beam.ParDo(EmbedBatchFn(config.embedder, config.embedder_model, info, config.embed_batch))
-        .with_outputs(DEAD, EVENTS, main="cards")
+        | "Embed/Batch"
+        >> beam.BatchElements(min_batch_size=config.embed_batch, max_batch_size=config.embed_batch)
+        | "Embed"
+        >> beam.ParDo(
+            EmbedBatchFn(config.embedder, config.embedder_model, info, config.embed_batch)
+        ).with_outputs(DEAD, EVENTS, main="cards")
     )
     final = (reuse.done, embedded.cards) | "Complete" >> beam.Flatten()
     if progress:
@@ -547,17 +577,17 @@ def build_pipeline(p: beam.Pipeline, config: BuildConfig, files: list[RawFile], 
         image_rows = (image_rows, rendered) | "WithRendered" >> beam.Flatten()
         dead_render = [render_dead]
 
-    adapter_files = adapter_rows | "WriteAdapters" >> WriteShards("adapters", str(build_dir), config.shards, info.dim)
-    image_files = image_rows | "WriteImages" >> WriteShards("images", str(build_dir), config.shards, None)
-    dead = (
-        [norm[DEAD], refined[DEAD], embedded[DEAD], *dead_render]
-        | "DeadLetters" >> beam.Flatten()
+    adapter_files = adapter_rows | "WriteAdapters" >> WriteShards(
+        "adapters", str(build_dir), config.shards, info.dim
     )
+    image_files = image_rows | "WriteImages" >> WriteShards("images", str(build_dir), config.shards, None)
+    dead = [norm[DEAD], refined[DEAD], embedded[DEAD], *dead_render] | "DeadLetters" >> beam.Flatten()
     dead_file = (
         dead
         | "DeadKey" >> beam.Map(lambda d: (0, d))
         | "DeadEmpty" >> _WithEmpty()
-        | "WriteDeadLetters" >> beam.Map(lambda g: writer.write_dead_letters(str(build_dir), [d for d in g[1] if d]))
+        | "WriteDeadLetters"
+        >> beam.Map(lambda g: writer.write_dead_letters(str(build_dir), [d for d in g[1] if d]))
     )
     _ = (
         (adapter_files, image_files, dead_file)
@@ -573,8 +603,16 @@ def build_pipeline(p: beam.Pipeline, config: BuildConfig, files: list[RawFile], 
     )
     dead_events = dead | "DeadEvent" >> beam.Map(lambda d: (f"dead_letter/{d['reason']}", 1))
     _ = (
-        (norm[EVENTS], merged[EVENTS], kept[EVENTS], reuse[EVENTS], refined[EVENTS], embedded[EVENTS],
-         filtered_events, dead_events)
+        (
+            norm[EVENTS],
+            merged[EVENTS],
+            kept[EVENTS],
+            reuse[EVENTS],
+            refined[EVENTS],
+            embedded[EVENTS],
+            filtered_events,
+            dead_events,
+        )
         | "Events" >> beam.Flatten()
         | "CountEvents" >> beam.CombinePerKey(sum)
         | "StatsKey" >> beam.Map(lambda kv: (0, kv))
@@ -600,13 +638,16 @@ def _render(adapter_rows: beam.PCollection, config: BuildConfig, build_dir: Path
     try:
         from stylus_docs import render as render_mod
     except ImportError as exc:
-        raise FatalError(f"--render needs the render stage (stylus_docs.render), which is not available: {exc}") from exc
+        raise FatalError(
+            f"--render needs the render stage (stylus_docs.render), which is not available: {exc}"
+        ) from exc
     transform_cls = getattr(render_mod, "RenderAdapters", None)
     config_cls = getattr(render_mod, "RenderConfig", None)
     if transform_cls is None:
         raise FatalError("stylus_docs.render has no RenderAdapters transform")
     kwargs = {"pipeline": config.render_pipeline, "device": config.render_device,
-              "prompts_per_adapter": config.render_prompts, "out_dir": str(build_dir)}  # fmt: skip
+              "prompts_per_adapter": config.render_prompts, "out_dir": str(build_dir),
+              "cache_dir": config.render_cache or str(Path(config.out) / "cache" / "weights")}  # fmt: skip
     if config_cls is not None:
         import dataclasses
         import inspect
@@ -648,7 +689,9 @@ def _counts(stats: dict[str, int], files: list[dict[str, Any]]) -> dict[str, Any
     }
 
 
-def run_build(config: BuildConfig, beam_args: Sequence[str] = (), runner: str | None = None) -> dict[str, Any]:
+def run_build(
+    config: BuildConfig, beam_args: Sequence[str] = (), runner: str | None = None
+) -> dict[str, Any]:
     """Run a whole build and publish it; return the manifest.
 
     Raises:
@@ -701,12 +744,15 @@ def run_build(config: BuildConfig, beam_args: Sequence[str] = (), runner: str | 
     except FatalError:
         raise
     except OSError as exc:
-        raise FatalError(f"build failed writing {getattr(exc, 'filename', '') or 'output'}: {exc.strerror or exc}") from exc
+        raise FatalError(
+            f"build failed writing {getattr(exc, 'filename', '') or 'output'}: {exc.strerror or exc}"
+        ) from exc
     except Exception as exc:
         # Documented boundary: Beam wraps stage failures in its own exceptions; report one line and
         # keep the traceback in the log.
         logger.error("build failed", exc_info=True)
-        raise FatalError(f"build failed: {redact(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)}") from exc
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise FatalError("build failed: " + redact(last)) from exc
     finally:
         if not ok and release.current_build_id(docs) != build_id:
             shutil.rmtree(build_dir, ignore_errors=True)
@@ -715,11 +761,19 @@ def run_build(config: BuildConfig, beam_args: Sequence[str] = (), runner: str | 
 # --------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the build's application flags to ``parser`` (shared by the CLI and ``run``)."""
-    parser.add_argument("--raw", action="append", required=True, metavar="DIR",
-                        help="crawl OUT dir, snapshot dir or .jsonl(.gz) file of raw items (repeatable)")
+    parser.add_argument(
+        "--raw",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="crawl OUT dir, snapshot dir or .jsonl(.gz) file of raw items (repeatable)",
+    )
     parser.add_argument("--out", required=True, metavar="DOCS", help="release root to write into")
-    parser.add_argument("--previous", metavar="DOCS_OLD",
-                        help="reuse refinements/embeddings of unchanged adapters from this release")
+    parser.add_argument(
+        "--previous",
+        metavar="DOCS_OLD",
+        help="reuse refinements/embeddings of unchanged adapters from this release",
+    )
     parser.add_argument("--refiner", choices=("extractive", "openai"), default="extractive")
     parser.add_argument("--refiner-model", metavar="NAME", help="chat model of the openai refiner")
     parser.add_argument("--vlm-max-images", type=int, default=4, help="example images sent to the VLM")
@@ -727,12 +781,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedder", choices=("minilm", "openai", "clip"), default="minilm")
     parser.add_argument("--embedder-model", metavar="NAME", help="openai model, or clip ARCH[:weights path]")
     parser.add_argument("--embed-batch", type=int, default=512, help="texts per embedding batch")
-    parser.add_argument("--base-models", nargs="+", default=[], metavar="B", help="keep only these base models")
-    parser.add_argument("--types", nargs="+", default=list(DEFAULT_TYPES), metavar="T",
-                        help="adapter types to keep (default: LORA LoCon DoRA)")
+    parser.add_argument(
+        "--base-models", nargs="+", default=[], metavar="B", help="keep only these base models"
+    )
+    parser.add_argument(
+        "--types",
+        nargs="+",
+        default=list(DEFAULT_TYPES),
+        metavar="T",
+        help="adapter types to keep (default: LORA LoCon DoRA)",
+    )
     parser.add_argument("--include-nsfw", action="store_true", help="keep NSFW adapters and images")
-    parser.add_argument("--max-nsfw-level", type=int, default=2, choices=(1, 2, 4, 8, 16),
-                        help="highest NSFW level bit kept without --include-nsfw (default 2 = PG13)")
+    parser.add_argument(
+        "--max-nsfw-level",
+        type=int,
+        default=2,
+        choices=(1, 2, 4, 8, 16),
+        help="highest NSFW level bit kept without --include-nsfw (default 2 = PG13)",
+    )
     parser.add_argument("--min-images", type=int, default=1, help="drop adapters with fewer example images")
     parser.add_argument("--keep-sliders", action="store_true", help="do not drop concept sliders")
     parser.add_argument("--blacklist", metavar="FILE", help="file of adapter/model ids to drop, one per line")
@@ -742,7 +808,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--render", action="store_true", help="run the GPU render stage (stylus_docs.render)")
     parser.add_argument("--render-pipeline", metavar="PATH", help="local diffusers pipeline for --render")
     parser.add_argument("--render-device", metavar="DEV", help="torch device for --render (default: auto)")
-    parser.add_argument("--render-prompts", type=int, default=2, metavar="M", help="prompts rendered per adapter")
+    parser.add_argument(
+        "--render-prompts", type=int, default=2, metavar="M", help="prompts rendered per adapter"
+    )
+    parser.add_argument(
+        "--render-cache",
+        metavar="DIR",
+        help="adapter weights cache for --render (default DOCS/cache/weights)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
 
@@ -761,9 +834,10 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         raw=list(args.raw), out=args.out, previous=args.previous, refiner=args.refiner,
         refiner_model=args.refiner_model, embedder=args.embedder, embedder_model=args.embedder_model,
         filters=filters, shards=args.shards, keep=args.keep, embed_batch=args.embed_batch,
-        vlm_max_images=args.vlm_max_images, vlm_retries=args.vlm_retries, render=args.render, render_pipeline=args.render_pipeline,
+        vlm_max_images=args.vlm_max_images, vlm_retries=args.vlm_retries, render=args.render,
+        render_pipeline=args.render_pipeline,
         render_device=args.render_device, render_prompts=args.render_prompts,
-        progress=False if args.no_progress else None,
+        render_cache=args.render_cache, progress=False if args.no_progress else None,
     )  # fmt: skip
 
 
@@ -777,7 +851,8 @@ def summary(manifest: dict[str, Any]) -> str:
         f"  dead letters: {json.dumps(c['dead_letter'], sort_keys=True)}",
         f"  reused {c['reused']}, refined {c['refined']}, embedded {c['embedded']}; "
         f"refiner {manifest['refiner']['name']}@{manifest['refiner']['version']}, "
-        f"embedder {manifest['embedder']['name']}:{manifest['embedder']['model']} (dim {manifest['embedder']['dim']})",
+        f"embedder {manifest['embedder']['name']}:{manifest['embedder']['model']} "
+        f"(dim {manifest['embedder']['dim']})",
     ]
     return "\n".join(lines)
 

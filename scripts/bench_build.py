@@ -45,12 +45,16 @@ def _replace_section(path: Path, name: str, body: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", default=str(DEFAULT_INPUT))
-    parser.add_argument("--changed", type=float, default=0.01, help="fraction of models changed for the rebuild")
+    parser.add_argument(
+        "--changed", type=float, default=0.01, help="fraction of models changed for the rebuild"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = parser.parse_args()
     src = Path(args.input)
     if not src.exists():
-        print(f"bench_build: input {src} not found (../shared/data absent); nothing measured", file=sys.stderr)
+        print(
+            f"bench_build: input {src} not found (../shared/data absent); nothing measured", file=sys.stderr
+        )
         return 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
@@ -71,7 +75,9 @@ def main() -> int:
     manifest = release.load_manifest(build)
     rows = []
     for path in release.table_files(build, manifest, "adapters"):
-        rows.extend(pq.read_table(path, columns=["title", "refined_description", "tags", "trigger_words"]).to_pylist())
+        rows.extend(
+            pq.read_table(path, columns=["title", "refined_description", "tags", "trigger_words"]).to_pylist()
+        )
     texts = [card_text(r["title"], r["refined_description"], r["tags"], r["trigger_words"]) for r in rows]
     embedder = load_embedder("minilm")
     embedder.embed(texts[:8])  # warm-up
@@ -90,14 +96,16 @@ def main() -> int:
         for item in items:
             handle.write(json.dumps(item) + "\n")
     t0 = time.perf_counter()
-    inc = run_build(BuildConfig(raw=[str(edited)], out=str(tmp / "docs2"), previous=str(docs), progress=False))
+    inc = run_build(
+        BuildConfig(raw=[str(edited)], out=str(tmp / "docs2"), previous=str(docs), progress=False)
+    )
     inc_s = time.perf_counter() - t0
     c = inc["counts"]
 
     overhead = full_s / pure_s - 1
     body = f"""## build
 
-Input: `{src.name}` ({len(items)} models, {full['counts']['input']} adapter versions in, {written} written);
+Input: `{src.name}` ({len(items)} models, {full["counts"]["input"]} adapter versions in, {written} written);
 default refiner (extractive@v1) and embedder (MiniLM, CPU), in-process Beam runner, one run on
 {platform.machine()} with {os.cpu_count()} cores (shared with other jobs: absolute times are noisy, ratios
 are measured in the same run).
@@ -110,10 +118,10 @@ are measured in the same run).
 | pipeline overhead (full / pure − 1) | {overhead * 100:.0f} % (target ≤ 25 %) |
 | incremental rebuild, {len(changed)} models ({args.changed:.0%}) changed | {inc_s:.1f} s |
 | incremental / full | {inc_s / full_s * 100:.1f} % (target ≤ 10 %) |
-| incremental counts | reused {c['reused']}, refined {c['refined']}, embedded {c['embedded']} |
+| incremental counts | reused {c["reused"]}, refined {c["refined"]}, embedded {c["embedded"]} |
 
-Filtered (full build): `{json.dumps(full['counts']['filtered'], sort_keys=True)}`;
-dead letters: `{json.dumps(full['counts']['dead_letter'], sort_keys=True)}`.
+Filtered (full build): `{json.dumps(full["counts"]["filtered"], sort_keys=True)}`;
+dead letters: `{json.dumps(full["counts"]["dead_letter"], sort_keys=True)}`.
 """
     print(body)
     if not args.no_write:

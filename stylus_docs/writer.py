@@ -102,11 +102,15 @@ def write_parquet_shard(
     return file_entry(base, rel, table, len(rows))
 
 
-def write_dead_letters(build_dir: str | os.PathLike[str], letters: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def write_dead_letters(
+    build_dir: str | os.PathLike[str], letters: Iterable[dict[str, Any]]
+) -> dict[str, Any]:
     """Write all dead letters as one JSONL shard (sorted for determinism); return its manifest entry."""
     base = Path(build_dir)
     rel = shard_path("dead_letter", 0, 1, "jsonl")
-    items = sorted(letters, key=lambda d: (d.get("stage") or "", d.get("record_id") or "", d.get("reason") or ""))
+    items = sorted(
+        letters, key=lambda d: (d.get("stage") or "", d.get("record_id") or "", d.get("reason") or "")
+    )
     with atomic_open(base / rel, "w") as handle:
         for item in items:
             handle.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n")
@@ -129,7 +133,9 @@ def write_manifest(build_dir: str | os.PathLike[str], manifest: dict[str, Any]) 
     if errors:
         raise FatalError(f"refusing to write an invalid manifest: {errors[0]}")
     check_invariant(manifest["counts"])
-    atomic_write_text(Path(build_dir) / release.MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(
+        Path(build_dir) / release.MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    )
 
 
 def finalize_build(docs: str | os.PathLike[str], build_id: str, manifest: dict[str, Any], keep: int) -> Path:

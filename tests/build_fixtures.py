@@ -11,12 +11,23 @@ from typing import Any
 SHA = "9F3B38BF660E91B464C5A25D790F53EB876AC8CF17B479974D426B9732ACAC56"
 
 
-def model_2023(mid: int, vid: int, name: str, *, tags: list[str] | None = None, nsfw: bool = False,
-               description: str = "<p>Turns photos into <b>ink</b> drawings.</p><p>Use weight 0.6-0.8.</p>",
-               file_name: str = "inkdraw.safetensors", prompt_weight: float | None = 0.7) -> dict[str, Any]:
+def model_2023(
+    mid: int,
+    vid: int,
+    name: str,
+    *,
+    tags: list[str] | None = None,
+    nsfw: bool = False,
+    description: str = "<p>Turns photos into <b>ink</b> drawings.</p><p>Use weight 0.6-0.8.</p>",
+    file_name: str = "inkdraw.safetensors",
+    prompt_weight: float | None = 0.7,
+) -> dict[str, Any]:
     """A 2023-era /models item (string allowCommercialUse, images with nsfw strings and meta)."""
-    prompt = f"inkdraw, a cat on a roof <lora:{file_name.rsplit('.', 1)[0]}:{prompt_weight}>" if prompt_weight \
+    prompt = (
+        f"inkdraw, a cat on a roof <lora:{file_name.rsplit('.', 1)[0]}:{prompt_weight}>"
+        if prompt_weight
         else "inkdraw, a cat on a roof"
+    )
     return {
         "id": mid, "name": name, "description": description, "type": "LORA", "poi": False, "nsfw": nsfw,
         "allowNoCredit": True, "allowCommercialUse": "Sell", "allowDerivatives": True,
@@ -128,8 +139,13 @@ def write_jsonl_gz(path: Path, items: list[Any], raw_lines: list[str] | None = N
     return path
 
 
-def snapshot(root: Path, models: list[dict[str, Any]], versions: list[dict[str, Any]] | None = None,
-             hf: list[dict[str, Any]] | None = None, bad_lines: list[str] | None = None) -> Path:
+def snapshot(
+    root: Path,
+    models: list[dict[str, Any]],
+    versions: list[dict[str, Any]] | None = None,
+    hf: list[dict[str, Any]] | None = None,
+    bad_lines: list[str] | None = None,
+) -> Path:
     """Lay items out as a crawl OUT dir (COMMON.md contract 1)."""
     write_jsonl_gz(root / "civitai" / "models-00000.jsonl.gz", copy.deepcopy(models), bad_lines)
     if versions:
@@ -142,7 +158,9 @@ def snapshot(root: Path, models: list[dict[str, Any]], versions: list[dict[str, 
 
 def sample_snapshot(root: Path, sample: Path) -> Path:
     """The bundled sample corpus (data/sample) as a crawl snapshot: models as-is, HF items with cards."""
-    models = [json.loads(line) for line in (sample / "civitai" / "models.jsonl").read_text().splitlines() if line]
+    models = [
+        json.loads(line) for line in (sample / "civitai" / "models.jsonl").read_text().splitlines() if line
+    ]
     hf = []
     for line in (sample / "hf" / "models.jsonl").read_text().splitlines():
         if not line.strip():

@@ -14,8 +14,8 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from build_fixtures import model_2023, sample_snapshot, snapshot, version_2025
 from fakes.openai_server import error, start_fake_openai, stop
-from build_fixtures import model_2023, model_2025, sample_snapshot, snapshot, version_2025
 
 from pipelines.build import BuildConfig, run_build
 from stylus_docs import release
@@ -38,7 +38,9 @@ def _read(docs: Path) -> tuple[Path, dict, list]:
 
 
 def _invariant(counts: dict) -> None:
-    assert counts["input"] == counts["written"] + sum(counts["filtered"].values()) + sum(counts["dead_letter"].values())
+    assert counts["input"] == counts["written"] + sum(counts["filtered"].values()) + sum(
+        counts["dead_letter"].values()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +76,22 @@ def test_round_trip_duckdb_and_pyarrow(sample_release: Path) -> None:
         assert r["sha256"] is None or len(r["sha256"]) == 64 and r["sha256"] == r["sha256"].lower()
     listed = ", ".join(f"'{p}'" for p in files)
     con = duckdb.connect()
-    n, = con.execute(f"select count(*) from read_parquet([{listed}])").fetchone()
+    (n,) = con.execute(f"select count(*) from read_parquet([{listed}])").fetchone()
     assert n == len(rows)
-    dims, = con.execute(f"select distinct len(embedding) from read_parquet([{listed}])").fetchone()
+    (dims,) = con.execute(f"select distinct len(embedding) from read_parquet([{listed}])").fetchone()
     assert dims == 384
     imgs = release.table_files(build, manifest, "images")
-    orphan, = con.execute(
+    (orphan,) = con.execute(
         f"select count(*) from read_parquet([{', '.join(repr(str(p)) for p in imgs)}]) i "
-        f"anti join read_parquet([{listed}]) a using (adapter_id)").fetchone()
+        f"anti join read_parquet([{listed}]) a using (adapter_id)"
+    ).fetchone()
     assert orphan == 0
-    assert manifest["counts"]["images"] == con.execute(
-        f"select count(*) from read_parquet([{', '.join(repr(str(p)) for p in imgs)}]) where origin='example'").fetchone()[0]
+    assert (
+        manifest["counts"]["images"]
+        == con.execute(
+            f"select count(*) from read_parquet([{', '.join(repr(str(p)) for p in imgs)}]) where origin='example'"
+        ).fetchone()[0]
+    )
 
 
 def test_no_secret_in_outputs(sample_release: Path) -> None:
@@ -100,7 +107,7 @@ def _tiny(tmp: Path, n: int = 6) -> list[dict]:
 
 def test_dead_letters_incremental_and_interrupted(tmp_path: Path) -> None:
     models = _tiny(tmp_path)
-    bad = ['{"id": 99, "name": "broken", "modelVersions": "oops"}', "{not json", '[1, 2]']
+    bad = ['{"id": 99, "name": "broken", "modelVersions": "oops"}', "{not json", "[1, 2]"]
     raw = snapshot(tmp_path / "raw", models, versions=[version_2025(500, 5000)],
                    hf=[], bad_lines=bad)  # fmt: skip
     docs = tmp_path / "docs"
@@ -123,7 +130,9 @@ def test_dead_letters_incremental_and_interrupted(tmp_path: Path) -> None:
     edited = edited[:-1] + [model_2023(77, 770, "Fresh")]
     edited[2]["modelVersions"][0]["stats"]["downloadCount"] = 999999  # popularity alone does not invalidate
     raw2 = snapshot(tmp_path / "raw2", edited, versions=[version_2025(500, 5000)])
-    m2 = run_build(BuildConfig(raw=[str(raw2)], out=str(tmp_path / "docs2"), previous=str(docs), progress=False))
+    m2 = run_build(
+        BuildConfig(raw=[str(raw2)], out=str(tmp_path / "docs2"), previous=str(docs), progress=False)
+    )
     c2 = m2["counts"]
     _invariant(c2)
     assert (c2["refined"], c2["embedded"], c2["reused"]) == (3, 3, 4)

@@ -10,7 +10,14 @@ from build_fixtures import model_2023
 
 from stylus_docs.normalize import civitai
 from stylus_docs.records import AdapterCard, ExampleImage
-from stylus_docs.schemas import SCHEMA_FILES, arrow_schema, column_names, load_schema, schema_dir, validation_errors
+from stylus_docs.schemas import (
+    SCHEMA_FILES,
+    arrow_schema,
+    column_names,
+    load_schema,
+    schema_dir,
+    validation_errors,
+)
 
 
 def test_every_schema_is_valid_json_schema() -> None:
@@ -27,8 +34,22 @@ def test_arrow_schema_derived_from_json_schema() -> None:
     assert adapters.field("published_at").type == pa.timestamp("us", tz="UTC")
     assert adapters.field("tags").type == pa.list_(pa.string())
     assert adapters.field("rating").nullable and not adapters.field("adapter_id").nullable
-    for col in ("adapter_id", "source", "title", "type", "base_model", "tags", "trigger_words", "description",
-                "refined_description", "category", "recommended_weight", "nsfw", "content_hash", "embedding"):
+    for col in (
+        "adapter_id",
+        "source",
+        "title",
+        "type",
+        "base_model",
+        "tags",
+        "trigger_words",
+        "description",
+        "refined_description",
+        "category",
+        "recommended_weight",
+        "nsfw",
+        "content_hash",
+        "embedding",
+    ):
         assert col in adapters.names
     images = arrow_schema("images")
     assert {"adapter_id", "url", "path", "prompt", "origin"} <= set(images.names)

@@ -12,14 +12,18 @@ from stylus_docs.errors import FatalError
 
 def test_template_has_title_description_tags_and_triggers() -> None:
     text = card_text("Ink", "Ink drawings.", ["style", "license:mit"], ["inkdraw"])
-    assert text.startswith("Convert Stable Diffusion finetuned adapter description into an embedding for search:")
+    assert text.startswith(
+        "Convert Stable Diffusion finetuned adapter description into an embedding for search:"
+    )
     assert "Title: Ink;" in text and "Description: Ink drawings.;" in text
     assert "Tags: style;" in text and "Trigger words: inkdraw;" in text and "license" not in text
 
 
 def test_minilm_batched_normalized_and_stable() -> None:
     emb = load_embedder("minilm", batch_size=4)
-    texts = [f"adapter number {i} paints {w}" for i, w in enumerate(["cats", "dogs", "cars", "ink", "sea"] * 3)]
+    texts = [
+        f"adapter number {i} paints {w}" for i, w in enumerate(["cats", "dogs", "cars", "ink", "sea"] * 3)
+    ]
     vecs = emb.embed(texts)
     assert vecs.dtype == np.float32 and vecs.shape == (15, 384) == (len(texts), emb.info.dim)
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)

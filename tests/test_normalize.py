@@ -35,7 +35,9 @@ def test_html_to_text_keeps_paragraphs_drops_scripts() -> None:
 
 
 def test_markdown_card_body() -> None:
-    text = markdown_to_text("# Head\n\n![x](y.png)\n<Gallery />\n\nSome **bold** [link](http://x).\n```py\ncode()\n```")
+    text = markdown_to_text(
+        "# Head\n\n![x](y.png)\n<Gallery />\n\nSome **bold** [link](http://x).\n```py\ncode()\n```"
+    )
     assert "code()" not in text and "Gallery" not in text and "Some bold link." in text
 
 
@@ -57,7 +59,9 @@ def test_2023_item() -> None:
     first = card.images[0]
     assert first.seed == 42 and first.cfg_scale == 7 and first.lora_weights == {"inkdraw": 0.7}
     assert first.nsfw_level == 1 and card.images[1].nsfw_level == 8
-    assert card.published_at == "2023-03-01T10:00:00.000000Z" or card.published_at.startswith("2023-03-01T10:00:00")
+    assert card.published_at == "2023-03-01T10:00:00.000000Z" or card.published_at.startswith(
+        "2023-03-01T10:00:00"
+    )
     assert not validation_errors("adapter_card.v1.json", card.card_dict())
 
 
@@ -117,7 +121,9 @@ def test_shared_data_every_era() -> None:
     assert card.base_model == "Flux.1 D" and len(card.sha256) == 64 and card.license_commercial
     detail = civitai.normalize_version(json.loads((SHARED / "civitai-2025" / "version.json").read_text()))
     assert detail.adapter_id == "civitai:1117241@1255556" and detail.images[0].prompt
-    info = civitai.normalize_version(json.loads((SHARED / "civitai-2025" / "choke_hold_rnc_ilxl.civitai.info.json").read_text()))
+    info = civitai.normalize_version(
+        json.loads((SHARED / "civitai-2025" / "choke_hold_rnc_ilxl.civitai.info.json").read_text())
+    )
     assert info.nsfw is True and info.trigger_words == ["choke hold \\(rnc\\)"]
     multi = civitai.normalize_model(json.loads((SHARED / "civitai-2025" / "model_1580878.json").read_text()))
     assert len(multi) == 2 and all(c.nsfw_level == 7 or c.nsfw_level for c in multi)

@@ -10,7 +10,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from build_fixtures import model_2023, snapshot
-from fakes.openai_server import Answer, error, refuse_response_format, slow, start_fake_openai, stop, text, valid
+from fakes.openai_server import (
+    Answer,
+    error,
+    refuse_response_format,
+    slow,
+    start_fake_openai,
+    stop,
+    text,
+    valid,
+)
 
 from pipelines.build import BuildConfig, run_build
 from stylus_docs import release
@@ -26,7 +35,9 @@ def _card(**kw: object):
 
 
 def test_weight_rules() -> None:
-    assert recommended_weight(_card()) == 0.7  # <lora:inkdraw:0.7> in the examples overrides the card's 0.6-0.8
+    assert (
+        recommended_weight(_card()) == 0.7
+    )  # <lora:inkdraw:0.7> in the examples overrides the card's 0.6-0.8
     assert recommended_weight(_card(prompt_weight=None)) == 0.7  # middle of the card's range
     assert recommended_weight(_card(prompt_weight=None, description="<p>Nice.</p>")) == 0.8  # default
     assert stated_weight("Recommended strength: 0.5~0.9") == 0.7
@@ -91,8 +102,16 @@ def test_vlm_every_answer_mode(tmp_path: Path) -> None:
     os.environ["OPENAI_BASE_URL"] = base_url
     os.environ["OPENAI_API_KEY"] = "sk-test-SECRETKEY123"
     try:
-        cfg = dict(raw=[str(raw)], out=str(tmp_path / "docs"), refiner="openai", refiner_model="fake-vlm",
-                   embedder="openai", embedder_model="fake-embed", vlm_retries=1, progress=False)
+        cfg = dict(
+            raw=[str(raw)],
+            out=str(tmp_path / "docs"),
+            refiner="openai",
+            refiner_model="fake-vlm",
+            embedder="openai",
+            embedder_model="fake-embed",
+            vlm_retries=1,
+            progress=False,
+        )
         os.environ["STYLUS_EMBEDDER_DIM"] = "8"
         manifest = run_build(BuildConfig(**cfg))
         c = manifest["counts"]
@@ -102,7 +121,9 @@ def test_vlm_every_answer_mode(tmp_path: Path) -> None:
         rows = pq.read_table(release.table_files(build, manifest, "adapters")[0]).to_pylist()
         got = {r["title"].split()[-1]: r for r in rows}
         assert set(got) == {"valid", "fenced", "rate", "slow", "refuse_rf"}
-        assert all(r["refiner"] == "openai@v1" and r["recommended_weight"] == pytest.approx(0.6) for r in rows)
+        assert all(
+            r["refiner"] == "openai@v1" and r["recommended_weight"] == pytest.approx(0.6) for r in rows
+        )
         assert got["valid"]["refined_description"] == "What valid does."
         chats = server.requests_to("/chat/completions")
         # invalid and schema answers are re-asked (validation_attempts=2) before dead-lettering

@@ -250,7 +250,9 @@ def _version_card(model: dict[str, Any], version: dict[str, Any], model_text: st
     name = _str(model.get("name"))
     if not name:
         raise SkipRecord("missing_title", adapter_id)
-    version_text = html_to_text(version.get("description")) if isinstance(version.get("description"), str) else ""
+    version_text = (
+        html_to_text(version.get("description")) if isinstance(version.get("description"), str) else ""
+    )
     description = model_text
     if version_text and version_text not in description:
         description = f"{description}\n\n{version_text}" if description else version_text

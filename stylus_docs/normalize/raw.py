@@ -74,7 +74,10 @@ def discover(paths: list[str]) -> list[RawFile]:
         if not root.is_dir():
             raise FatalError(f"--raw {arg}: no such file or directory")
         found: list[RawFile] = []
-        layout = {"civitai": {"models-": CIVITAI_MODEL, "versions-": CIVITAI_VERSION}, "hf": {"models-": HF_MODEL}}
+        layout = {
+            "civitai": {"models-": CIVITAI_MODEL, "versions-": CIVITAI_VERSION},
+            "hf": {"models-": HF_MODEL},
+        }
         for sub, prefixes in layout.items():
             folder = root / sub
             if not folder.is_dir():
@@ -85,7 +88,9 @@ def discover(paths: list[str]) -> list[RawFile]:
                 kind = next((k for p, k in prefixes.items() if file.name.startswith(p)), None)
                 found.append(RawFile(str(file), kind))
         if not found:
-            found = [RawFile(str(f), None) for f in sorted(root.iterdir()) if f.is_file() and _is_data_file(f)]
+            found = [
+                RawFile(str(f), None) for f in sorted(root.iterdir()) if f.is_file() and _is_data_file(f)
+            ]
         if not found:
             raise FatalError(f"--raw {arg}: no snapshot files (*.jsonl.gz) found")
         out.extend(found)
@@ -126,6 +131,8 @@ def read_records(raw: RawFile) -> Iterator[RawRecord]:
                     yield RawRecord(raw.kind or UNKNOWN, None, raw.path, line_no, f"bad_json: {exc}")
                     continue
                 kind = raw.kind or sniff(payload)
-                yield RawRecord(kind, payload, raw.path, line_no, None if kind != UNKNOWN else "unknown_record")
+                yield RawRecord(
+                    kind, payload, raw.path, line_no, None if kind != UNKNOWN else "unknown_record"
+                )
     except (EOFError, OSError, zlib.error) as exc:
         yield RawRecord(raw.kind or UNKNOWN, None, raw.path, line_no + 1, f"truncated_file: {exc}")

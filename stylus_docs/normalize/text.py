@@ -11,7 +11,19 @@ import warnings
 
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
 
-_DROP = ("script", "style", "noscript", "iframe", "object", "embed", "svg", "template", "img", "video", "audio")
+_DROP = (
+    "script",
+    "style",
+    "noscript",
+    "iframe",
+    "object",
+    "embed",
+    "svg",
+    "template",
+    "img",
+    "video",
+    "audio",
+)
 _BLOCKS = (
     "p", "div", "section", "article", "header", "footer", "blockquote", "pre", "table", "tr",
     "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6", "hr",

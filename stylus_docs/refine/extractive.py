@@ -47,7 +47,7 @@ def _summary_sentences(text: str) -> str:
 
 def _fallback(card: AdapterCard) -> str:
     kind = {"lora": "LoRA", "locon": "LyCORIS (LoCon)", "dora": "DoRA"}.get(card.type.lower(), card.type)
-    parts = [f"{kind} adapter \"{card.title}\""]
+    parts = [f'{kind} adapter "{card.title}"']
     if card.base_model:
         parts.append(f"for {card.base_model}")
     text = " ".join(parts) + "."

@@ -245,7 +245,9 @@ class OpenAIRefineHandler(RemoteModelHandler[RefineRequest, PredictionResult, An
         key = get_secret("OPENAI_API_KEY")
         base_url = self.config.base_url or os.environ.get("OPENAI_BASE_URL") or None
         if not key and not base_url:
-            raise FatalError("the openai refiner needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
+            raise FatalError(
+                "the openai refiner needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)"
+            )
         # SDK retries off: Beam's RemoteModelHandler owns retry and throttling.
         return openai.OpenAI(api_key=key or "unused", base_url=base_url, max_retries=0,
                              timeout=self.config.request_timeout_s)  # fmt: skip
@@ -266,7 +268,10 @@ class OpenAIRefineHandler(RemoteModelHandler[RefineRequest, PredictionResult, An
                 "recommended_weight": {"type": "number"},
             },
         }
-        return {"type": "json_schema", "json_schema": {"name": "refinement_v1", "strict": True, "schema": schema}}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "refinement_v1", "strict": True, "schema": schema},
+        }
 
     def _chat(self, client: Any, req: RefineRequest) -> str | None:
         import openai

@@ -44,8 +44,14 @@ _TAG_CATEGORIES: tuple[tuple[str, str], ...] = (
 _KEYWORDS: tuple[tuple[str, str], ...] = (
     (r"\b(real person|actress|actor|singer|idol|celebrit|influencer|youtuber)", "celebrity"),
     (r"\b(character|waifu|oc|anime girl|girl|boy|man|woman|hero|villain|princess|knight)\b", "character"),
-    (r"\b(style|art ?style|painting|illustration|aesthetic|artist|anime style|sketch|watercolor|render)", "style"),
-    (r"\b(cloth|outfit|dress|costume|uniform|armor|armour|shirt|skirt|lingerie|bikini|hat|shoes|kimono)", "clothing"),
+    (
+        r"\b(style|art ?style|painting|illustration|aesthetic|artist|anime style|sketch|watercolor|render)",
+        "style",
+    ),
+    (
+        r"\b(cloth|outfit|dress|costume|uniform|armor|armour|shirt|skirt|lingerie|bikini|hat|shoes|kimono)",
+        "clothing",
+    ),
     (r"\b(pose|posing|sitting|standing|kneeling)", "pose"),
     (r"\b(action|fight|running|jumping|dancing|holding)", "action"),
     (r"\b(background|scenery|landscape|environment|interior|room|city|forest|sky)", "background"),

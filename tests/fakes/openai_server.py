@@ -84,7 +84,9 @@ def error(status: int, retry_after: float | None = None, message: str = "fake er
 def slow(seconds: float, then: Answer | None = None) -> Answer:
     """Sleep ``seconds``, then give ``then`` (default: a valid answer)."""
     base = then or valid()
-    return Answer(base.status, base.content, base.body, dict(base.headers), seconds, base.reject_response_format)
+    return Answer(
+        base.status, base.content, base.body, dict(base.headers), seconds, base.reject_response_format
+    )
 
 
 def refuse_response_format(then: Answer | None = None) -> Answer:
@@ -161,7 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
         if answer is not None and answer.delay_s:
             time.sleep(answer.delay_s)
         if answer is not None and answer.reject_response_format and "response_format" in body:
-            self._send(400, {"error": {"message": "response_format is not supported", "type": "invalid_request"}})
+            self._send(
+                400, {"error": {"message": "response_format is not supported", "type": "invalid_request"}}
+            )
             return
         if answer is not None and answer.status != 200:
             self._send(answer.status, answer.body or {"error": {"message": "error"}}, answer.headers)
@@ -169,13 +173,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.endswith("/embeddings"):
             inputs = body.get("input")
             inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
-            data = [{"object": "embedding", "index": i, "embedding": fake_vector(str(t), self.server.embed_dim)}
+            dim = self.server.embed_dim
+            data = [{"object": "embedding", "index": i, "embedding": fake_vector(str(t), dim)}
                     for i, t in enumerate(inputs)]  # fmt: skip
             self._send(200, {"object": "list", "data": data, "model": body.get("model"),
                              "usage": {"prompt_tokens": 1, "total_tokens": 1}})  # fmt: skip
             return
         if self.path.endswith("/chat/completions"):
-            content = answer.content if answer is not None and answer.content is not None else json.dumps(DEFAULT_REFINEMENT)
+            content = (
+                answer.content
+                if answer is not None and answer.content is not None
+                else json.dumps(DEFAULT_REFINEMENT)
+            )
             self._send(200, {
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "fake"),
@@ -189,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def start_fake_openai(script: list[Answer] | Callable[[str, dict[str, Any]], Answer] | None = None,
                       embed_dim: int = 8) -> tuple[FakeOpenAIServer, str]:  # fmt: skip
-    """Start the fake in a daemon thread; return ``(server, base_url)`` with ``base_url`` ending in ``/v1``."""
+    """Start the fake in a daemon thread; return ``(server, base_url)``; ``base_url`` ends in ``/v1``."""
     server = FakeOpenAIServer(script, embed_dim)
     threading.Thread(target=server.serve_forever, name="fake-openai", daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
