@@ -2,7 +2,8 @@
 
 Used by the query tests and by other consumers' tests (compose). Embeddings are real: the default
 MiniLM query encoder embeds the paper's text template, so dense ranking behaves as it would on a real
-build. Everything goes through pyarrow with the explicit release schema and ``release.publish``.
+build. Everything goes through the build stage's writer (``stylus_docs.writer``: explicit schema from
+``schemas/``, page checksums, validated manifest, ``release.publish``).
 
 Usage::
 
@@ -19,28 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from stylus_docs import release
-from stylus_docs.schemas import arrow_schema
 
 DIM = 384
+#: What the build stage (stylus_docs.embed.embedder_info("minilm")) writes to the manifest.
 EMBEDDER_INFO = {
-    "name": "sentence-transformers",
-    "model": "sentence-transformers/all-MiniLM-L6-v2",
-    "version": "1",
+    "name": "minilm",
+    "model": "all-MiniLM-L6-v2",
+    "version": "v1",
     "dim": DIM,
     "normalized": True,
 }
 
-
-def adapters_schema(dim: int = DIM) -> pa.Schema:
-    """The adapters table schema of the release contract (from ``schemas/adapters.v1.json``)."""
-    return arrow_schema("adapters", dim)
-
-
-IMAGES_SCHEMA = arrow_schema("images")
 
 # (id, title, type, base_model, category, tags, triggers, description, example prompts, nsfw, downloads)
 SAMPLE: list[tuple[Any, ...]] = [
@@ -177,12 +169,11 @@ SAMPLE: list[tuple[Any, ...]] = [
 ]
 
 
-def embed_text(title: str, description: str, tags: Sequence[str]) -> str:
-    """The paper's embedding template (STYLUS-NOTES §1.4)."""
-    return (
-        "Convert Stable Diffusion finetuned adapter description into an embedding for search: "
-        f"Title: {title}; Description: {description}; Tags: {', '.join(tags)};"
-    )
+def embed_text(title: str, description: str, tags: Sequence[str], trigger_words: Sequence[str] = ()) -> str:
+    """The build stage's embedding text (paper template + trigger words)."""
+    from stylus_docs.embed import card_text
+
+    return card_text(title, description, tags, trigger_words)
 
 
 def sample_rows(embed: bool = True) -> list[dict[str, Any]]:
@@ -225,7 +216,7 @@ def sample_rows(embed: bool = True) -> list[dict[str, Any]]:
                 "card_url": f"https://example.invalid/models/{model_id}",
                 "content_hash": f"h{version_id}",
                 "refiner": "extractive.v1",
-                "embedder": EMBEDDER_INFO["model"],
+                "embedder": "minilm:all-MiniLM-L6-v2@v1",
                 "embedding": None,
                 "render_status": "not_rendered",
             }
@@ -233,7 +224,9 @@ def sample_rows(embed: bool = True) -> list[dict[str, Any]]:
     if embed:
         from stylus_docs.query.encoder import NumpyMiniLM
 
-        vecs = NumpyMiniLM().encode([embed_text(r["title"], r["description"], r["tags"]) for r in rows])
+        vecs = NumpyMiniLM().encode(
+            [embed_text(r["title"], r["description"], r["tags"], r["trigger_words"]) for r in rows]
+        )
         for r, v in zip(rows, vecs, strict=True):
             r["embedding"] = v.tolist()
     return rows
@@ -248,91 +241,47 @@ def write_release(
     build_id: str | None = None,
 ) -> Path:
     """Write a complete build under ``docs/builds/<id>/`` and publish it; return the build dir."""
+    from stylus_docs import writer
+
     rows = sample_rows() if rows is None else rows
     info = dict(EMBEDDER_INFO if embedder_info is None else embedder_info)
     dim = int(info["dim"])
     bid = build_id or release.new_build_id()
     build = release.build_path(docs, bid)
-    (build / "adapters").mkdir(parents=True)
-    (build / "images").mkdir()
-    (build / "dead_letter").mkdir()
-    files: list[dict[str, Any]] = []
-
-    def put(table: str, rel: str, tbl: pa.Table) -> None:
-        pq.write_table(tbl, build / rel, compression="zstd", write_page_checksum=True)
-        files.append(
-            {
-                "table": table,
-                "path": rel,
-                "rows": tbl.num_rows,
-                "bytes": (build / rel).stat().st_size,
-                "sha256": release.sha256_file(build / rel),
-            }
-        )
-
-    schema = adapters_schema(dim)
+    build.mkdir(parents=True)
     parts = [rows[i::shards] for i in range(shards)] if rows else [[]]
-    for i, part in enumerate(parts):
-        put(
-            "adapters",
-            f"adapters/part-{i:05d}-of-{len(parts):05d}.parquet",
-            pa.Table.from_pylist(part, schema),
-        )
+    files = [
+        writer.write_parquet_shard(build, "adapters", i, len(parts), part, dim)
+        for i, part in enumerate(parts)
+    ]
     images = [
         {
-            "adapter_id": r["adapter_id"],
-            "image_id": f"img{j}-{r['version_id']}",
-            "origin": "example",
-            "url": f"https://example.invalid/{r['version_id']}/{j}.png",
-            "path": None,
-            "prompt": p,
-            "negative_prompt": "lowres",
-            "seed": 1234 + j,
-            "steps": 25,
-            "sampler": "Euler a",
-            "cfg_scale": 7.0,
-            "width": 512,
-            "height": 512,
-            "nsfw_level": r["nsfw_level"],
-            "lora_weights": json.dumps({r["title"]: 0.8}),
-            "with_adapter": None,
-            "weight": None,
+            "adapter_id": r["adapter_id"], "image_id": f"img{j}-{r['version_id']}", "origin": "example",
+            "url": f"https://example.invalid/{r['version_id']}/{j}.png", "path": None, "prompt": p,
+            "negative_prompt": "lowres", "seed": 1234 + j, "steps": 25, "sampler": "Euler a",
+            "cfg_scale": 7.0, "width": 512, "height": 512, "nsfw_level": r["nsfw_level"],
+            "lora_weights": json.dumps({r["title"]: 0.8}), "with_adapter": None, "weight": None,
             "scheduler": None,
         }
         for r in rows
         for j, p in enumerate(r["example_prompts"])
-    ]
-    put("images", "images/part-00000-of-00001.parquet", pa.Table.from_pylist(images, IMAGES_SCHEMA))
-    (build / "dead_letter" / "part-00000-of-00001.jsonl").write_text("", encoding="utf-8")
-    files.append(
-        {
-            "table": "dead_letter",
-            "path": "dead_letter/part-00000-of-00001.jsonl",
-            "rows": 0,
-            "bytes": 0,
-            "sha256": release.sha256_file(build / "dead_letter" / "part-00000-of-00001.jsonl"),
-        }
-    )
+    ]  # fmt: skip
+    files.append(writer.write_parquet_shard(build, "images", 0, 1, images))
+    files.append(writer.write_dead_letters(build, []))
     manifest = {
         "schema_version": release.SCHEMA_VERSION,
         "build_id": bid,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "inputs": [{"path": "fixture", "sha256": "0" * 64}],
-        "refiner": {"name": "extractive", "version": "1", "model": None},
+        "refiner": {"name": "extractive", "version": "v1", "model": "none"},
         "embedder": info,
         "counts": {
-            "input": len(rows),
-            "written": len(rows),
-            "filtered": {},
-            "dead_letter": {},
-            "reused": 0,
-            "refined": len(rows),
-            "embedded": len(rows),
+            "input": len(rows), "written": len(rows), "filtered": {}, "dead_letter": {}, "reused": 0,
+            "refined": len(rows), "embedded": len(rows),
         },
         "files": files,
-    }
-    (build / release.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    release.publish(docs, bid)
+    }  # fmt: skip
+    writer.finalize_build(docs, bid, manifest, keep=100)
     return build
 
 

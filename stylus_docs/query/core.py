@@ -186,6 +186,52 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
     return idx[np.isfinite(scores[idx])]
 
 
+def fuse(
+    dense: np.ndarray, lex: np.ndarray, mask: np.ndarray | None, k: int, cfg: SearchConfig
+) -> tuple[list[int], dict[int, float], dict[int, int], dict[int, int]]:
+    """Rank rows from full dense and BM25 score vectors under a row mask.
+
+    Args:
+        dense: cosine of every row (n,).
+        lex: BM25 score of every row (n,); 0 means no query word matched.
+        mask: rows allowed (None: all).
+        k: how many rows to return.
+        cfg: fusion settings.
+
+    Returns:
+        ``(rows best first, fused score per row, dense rank per row, BM25 rank per row)``; ranks are
+        1-based and only cover the top ``max(k, cfg.depth)`` of each ranking.
+    """
+    depth = max(k, cfg.depth)
+    use_dense = cfg.fusion in ("rrf", "dense")
+    use_bm25 = cfg.fusion in ("rrf", "bm25")
+    d_top = np.empty(0, np.int64)
+    l_top = np.empty(0, np.int64)
+    if use_dense:
+        d_top = _top(np.where(mask, dense, -np.inf) if mask is not None else dense, depth)
+    if use_bm25:
+        lmasked = np.where(lex > 0, lex, -np.inf)
+        if mask is not None:
+            lmasked = np.where(mask, lmasked, -np.inf)
+        l_top = _top(lmasked, depth)
+    d_rank = {int(r): i + 1 for i, r in enumerate(d_top)}
+    l_rank = {int(r): i + 1 for i, r in enumerate(l_top)}
+    if cfg.fusion == "dense":
+        order = [int(r) for r in d_top[:k]]
+        return order, {r: float(dense[r]) for r in order}, d_rank, l_rank
+    if cfg.fusion == "bm25":
+        order = [int(r) for r in l_top[:k]]
+        return order, {r: float(lex[r]) for r in order}, d_rank, l_rank
+    fused: dict[int, float] = {}
+    for r, rank in d_rank.items():
+        fused[r] = cfg.dense_weight / (cfg.rrf_k + rank)
+    for r, rank in l_rank.items():
+        fused[r] = fused.get(r, 0.0) + cfg.bm25_weight / (cfg.rrf_k + rank)
+    # Ties (same fused score) fall back to cosine, so the order is deterministic and sensible.
+    order = sorted(fused, key=lambda r: (-fused[r], -float(dense[r]), r))[:k]
+    return order, fused, d_rank, l_rank
+
+
 class Release:
     """A release opened for search. Use :func:`open_release`.
 
@@ -348,51 +394,33 @@ class Release:
         texts = [str(t) for t in texts]
         flt = Filters.from_kwargs(**filters)
         mask = self.mask(flt)
-        cfg = self.config
-        use_dense = cfg.fusion in ("rrf", "dense")
-        use_bm25 = cfg.fusion in ("rrf", "bm25")
-        qvecs = self.embedder.encode(texts) if use_dense and texts else None
-        dense_all = self.embeddings @ qvecs.T if qvecs is not None else None  # (n, B)
+        use_dense = self.config.fusion in ("rrf", "dense")
+        use_bm25 = self.config.fusion in ("rrf", "bm25")
         results: list[list[Hit]] = []
-        for j, text in enumerate(texts):
-            dense = dense_all[:, j] if dense_all is not None else np.zeros(len(self.ids), np.float32)
-            lex = self.lexical.scores(text) if use_bm25 else np.zeros(len(self.ids), np.float32)
-            results.append(self._rank(dense, lex, mask, k, use_dense, use_bm25))
+        for dense, lex in self.score_vectors(texts, dense=use_dense, lexical=use_bm25):
+            results.append(self._rank(dense, lex, mask, k))
         return results
 
-    def _rank(
-        self,
-        dense: np.ndarray,
-        lex: np.ndarray,
-        mask: np.ndarray | None,
-        k: int,
-        use_dense: bool,
-        use_bm25: bool,
-    ) -> list[Hit]:
-        cfg = self.config
-        depth = max(k, cfg.depth)
-        dmasked = np.where(mask, dense, -np.inf) if mask is not None else dense
-        d_top = _top(dmasked, depth) if use_dense else np.empty(0, np.int64)
-        lmasked = np.where(lex > 0, lex, -np.inf)
-        if mask is not None:
-            lmasked = np.where(mask, lmasked, -np.inf)
-        l_top = _top(lmasked, depth) if use_bm25 else np.empty(0, np.int64)
-        fused: dict[int, float] = {}
-        d_rank = {int(r): i + 1 for i, r in enumerate(d_top)}
-        l_rank = {int(r): i + 1 for i, r in enumerate(l_top)}
-        if cfg.fusion == "dense":
-            order = [int(r) for r in d_top[:k]]
-            fused = {r: float(dense[r]) for r in order}
-        elif cfg.fusion == "bm25":
-            order = [int(r) for r in l_top[:k]]
-            fused = {r: float(lex[r]) for r in order}
-        else:
-            for r, rank in d_rank.items():
-                fused[r] = cfg.dense_weight / (cfg.rrf_k + rank)
-            for r, rank in l_rank.items():
-                fused[r] = fused.get(r, 0.0) + cfg.bm25_weight / (cfg.rrf_k + rank)
-            # Ties (same fused score) fall back to cosine, so order is deterministic and sensible.
-            order = sorted(fused, key=lambda r: (-fused[r], -float(dense[r]), r))[:k]
+    def score_vectors(
+        self, texts: Sequence[str], *, dense: bool = True, lexical: bool = True
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text, the full cosine and BM25 score vectors over all rows (zeros for a side turned off).
+
+        The building block of :meth:`search_batch`; evaluation scripts use it to try fusion settings
+        without re-scoring.
+        """
+        n = len(self.ids)
+        qvecs = self.embedder.encode(list(texts)) if dense and texts else None
+        dense_all = self.embeddings @ qvecs.T if qvecs is not None else None  # (n, B)
+        out = []
+        for j, text in enumerate(texts):
+            d = dense_all[:, j] if dense_all is not None else np.zeros(n, np.float32)
+            lx = self.lexical.scores(text) if lexical else np.zeros(n, np.float32)
+            out.append((d, lx))
+        return out
+
+    def _rank(self, dense: np.ndarray, lex: np.ndarray, mask: np.ndarray | None, k: int) -> list[Hit]:
+        order, fused, d_rank, l_rank = fuse(dense, lex, mask, k, self.config)
         fields = self.fields(order)
         return [
             Hit(

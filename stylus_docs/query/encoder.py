@@ -208,7 +208,8 @@ class _BuildEmbedderAdapter:
         self.dim = dim
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        vecs = np.asarray(self.inner.encode(list(texts)), dtype=np.float32)
+        fn = getattr(self.inner, "embed_queries", None) or self.inner.encode
+        vecs = np.asarray(fn(list(texts)), dtype=np.float32)
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
         return vecs / np.maximum(norms, 1e-12)
 
@@ -217,7 +218,7 @@ def load_query_embedder(embedder_info: dict[str, Any]) -> QueryEmbedder:
     """Build the query embedder matching a manifest's ``embedder`` entry.
 
     The MiniLM default gets the fast numpy encoder. Anything else is loaded through the build stage's
-    ``stylus_docs.embed.load_embedder(name)`` so names mean the same thing on both sides.
+    ``stylus_docs.embed.load_embedder(name, model)`` so names mean the same thing on both sides.
 
     Raises:
         FatalError: when no embedder of that name is available here.
@@ -239,7 +240,7 @@ def load_query_embedder(embedder_info: dict[str, Any]) -> QueryEmbedder:
     if loader is None:
         raise FatalError(f"no query embedder available for {model!r}")
     try:
-        inner = loader(embedder_info.get("name") or model)
-    except (ValueError, KeyError, ImportError, OSError) as exc:
+        inner = loader(str(embedder_info.get("name") or model), embedder_info.get("model"))
+    except (FatalError, ValueError, KeyError, ImportError, OSError) as exc:
         raise FatalError(f"cannot load the release's embedder {model!r} for queries: {exc}") from exc
     return _BuildEmbedderAdapter(inner, model=model, dim=dim)
