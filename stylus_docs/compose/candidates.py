@@ -179,11 +179,19 @@ class CandidateSource:
         """Hybrid search of one text (see :meth:`search_many`)."""
         return self.search_many([text], settings, k)[0]
 
-    def candidates(self, prompt: str, settings: ComposeSettings) -> list[Candidate]:
-        """The top-K candidates for ``prompt``, indexed 0..K-1 in retrieval order."""
+    def candidates(
+        self, prompt: str, settings: ComposeSettings, hits: list[tuple[str, float, Any]] | None = None
+    ) -> list[Candidate]:
+        """The top-K candidates for ``prompt``, indexed 0..K-1 in retrieval order.
+
+        Args:
+            prompt: the prompt.
+            settings: top-K and filters.
+            hits: the prompt's search hits when already retrieved (see :meth:`search_many`).
+        """
         out: list[Candidate] = []
         seen: set[str] = set()
-        for aid, score, components in self.search(prompt, settings):
+        for aid, score, components in hits if hits is not None else self.search(prompt, settings):
             if aid in seen:
                 continue
             seen.add(aid)

@@ -28,7 +28,7 @@ from stylus_docs.atomic import atomic_write_text
 from stylus_docs.compose import llm as llm_mod
 from stylus_docs.compose.candidates import CandidateSource
 from stylus_docs.compose.offline import VERSION as OFFLINE_VERSION
-from stylus_docs.compose.offline import compose_offline
+from stylus_docs.compose.offline import compose_offline, segment
 from stylus_docs.compose.rules import enforce
 from stylus_docs.compose.types import ComposeSettings
 from stylus_docs.errors import FatalError
@@ -125,7 +125,11 @@ class Composer:
                 hit.setdefault("timings", {})["cached"] = True
                 return hit
         t0 = time.perf_counter()
-        candidates = self.source.candidates(prompt, settings)
+        # The offline composer also searches each phrase: one batch (one embedding call) serves all.
+        phrases = segment(prompt) if settings.composer == "offline" else []
+        batches = self.source.search_many([prompt, *phrases], settings)
+        candidates = self.source.candidates(prompt, settings, hits=batches[0])
+        phrase_hits = batches[1:] if phrases else None
         t1 = time.perf_counter()
         composer = {
             "name": settings.composer,
@@ -155,7 +159,7 @@ class Composer:
                     fallback_reason=str(exc)[:300],
                 )
         else:
-            proposal = compose_offline(prompt, candidates, settings, self._phrase_search)
+            proposal = compose_offline(prompt, candidates, settings, self._phrase_search, phrase_hits)
         t2 = time.perf_counter()
         topics, dropped = enforce(prompt, proposal, candidates, settings)
         t3 = time.perf_counter()

@@ -79,6 +79,7 @@ def score_pairs(
     candidates: Sequence[Candidate],
     search: SearchFn | None,
     k: int,
+    phrase_hits: list[list[tuple[str, float, object]]] | None = None,
 ) -> list[tuple[float, int, int, str]]:
     """Every (phrase, candidate) pair with a lexical match: ``(score, phrase_no, cand_index, why)``."""
     cards = {c.index: _card_stems(c) for c in candidates}
@@ -92,7 +93,8 @@ def score_pairs(
         return math.log(1.0 + n / (1.0 + df.get(s, 0)))
 
     pairs: list[tuple[float, int, int, str]] = []
-    phrase_hits = search(list(phrases), k) if search is not None and phrases else [[] for _ in phrases]
+    if phrase_hits is None:
+        phrase_hits = search(list(phrases), k) if search is not None and phrases else [[] for _ in phrases]
     for p_no, phrase in enumerate(phrases):
         stems = [stem(w) for w in words(phrase)]
         total = sum(idf(s) for s in stems) or 1.0
@@ -124,6 +126,7 @@ def compose_offline(
     candidates: Sequence[Candidate],
     settings: ComposeSettings,
     search: SearchFn | None = None,
+    phrase_hits: list[list[tuple[str, float, object]]] | None = None,
 ) -> list[RawTopic]:
     """Deterministic proposal: phrases as topics, best-matching candidates assigned above the threshold.
 
@@ -132,12 +135,13 @@ def compose_offline(
         candidates: the retrieved catalogue.
         settings: ``per_topic`` and ``offline_threshold`` are used here; the rest by the rules.
         search: the hybrid retriever for phrase queries (None: lexical coverage and category only).
+        phrase_hits: hits of :func:`segment`'s phrases, already retrieved (saves a search call).
 
     Returns:
         One :class:`RawTopic` per phrase (possibly with no adapters), adapters best first.
     """
     phrases = segment(prompt)
-    pairs = score_pairs(phrases, candidates, search, max(settings.top_k, 1))
+    pairs = score_pairs(phrases, candidates, search, max(settings.top_k, 1), phrase_hits)
     # Best score first; ties broken by phrase order, then retrieval order: fully deterministic.
     pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
     topics = [RawTopic(topic=p) for p in phrases]
