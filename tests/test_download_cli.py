@@ -13,7 +13,7 @@ from safetensors.torch import save as st_save
 
 from stylus_docs.cli import main
 from tests.download_server import FileServer
-from tests.release_fixture import sample_rows, write_release
+from tests.release_fixture import random_unit_vectors, sample_rows, write_release
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +23,8 @@ def _release(tmp_path: Path, server: FileServer) -> tuple[Path, bytes]:
     server.files["good"] = data
     server.files["evil"] = b"not the promised bytes"
     rows = sample_rows(embed=False)[:3]
+    for row, vec in zip(rows, random_unit_vectors(len(rows)), strict=True):
+        row["embedding"] = vec.tolist()
     rows[0].update(
         download_url=f"{server.url}/files/good",
         sha256=hashlib.sha256(data).hexdigest().upper(),
