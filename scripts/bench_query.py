@@ -203,7 +203,7 @@ def bench_fts(docs_text: list[str], queries: list[str]) -> dict[str, float] | No
     t0 = time.perf_counter()
     con.execute("PRAGMA create_fts_index('docs', 'id', 'body', stemmer='none', stopwords='english')")
     build = time.perf_counter() - t0
-    sql = "SELECT id, fts_main_docs.match_bm25(id, $q) AS s FROM docs WHERE s IS NOT NULL ORDER BY s DESC LIMIT 150"
+    sql = "SELECT id, fts_main_docs.match_bm25(id, $q) AS s FROM docs WHERE s IS NOT NULL ORDER BY s DESC LIMIT 150"  # noqa: E501
     lat = []
     for q in queries:
         t0 = time.perf_counter()
@@ -292,18 +292,18 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"## query (`scripts/bench_query.py`, {time.strftime('%Y-%m-%d')})",
         "",
-        f"Synthetic release: {len(release):,} adapters × {emb.shape[1]} dims (4 shards), {len(queries):,} queries, "
+        f"Synthetic release: {len(release):,} adapters × {emb.shape[1]} dims (4 shards), {len(queries):,} queries, "  # noqa: E501
         f"k=150, default filters (NSFW excluded, via a DuckDB row mask), {os.cpu_count()} CPU cores. "
         "All figures from one run.",
         "",
         "| measure | value | target |",
         "| --- | --- | --- |",
-        f"| cold start, process start → first result (median of 5, index stored) | {statistics.median(colds):.2f} s "
+        f"| cold start, process start → first result (median of 5, index stored) | {statistics.median(colds):.2f} s "  # noqa: E501
         "| ≤ 3 s |",
         f"| cold start, first ever (builds + stores the BM25 index) | {first_cold:.2f} s | |",
         f"| in-process `open_release` / first `search` (loads embedder, index, mask) | {open_s:.2f} s / "
         f"{first_query_s:.2f} s | |",
-        f"| warm `search` p50 / p95, incl. query embedding | {pct(lat, 50) * 1e3:.1f} / {pct(lat, 95) * 1e3:.1f} ms "
+        f"| warm `search` p50 / p95, incl. query embedding | {pct(lat, 50) * 1e3:.1f} / {pct(lat, 95) * 1e3:.1f} ms "  # noqa: E501
         "| p50 ≤ 30 ms |",
         f"| of which query embedding (numpy MiniLM) p50 | {statistics.median(enc_lat) * 1e3:.1f} ms | |",
         f"| of which BM25 scores (bm25s) p50 | {statistics.median(lex_t) * 1e3:.1f} ms | |",
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| back-end | index build | query p50 | query p95 |",
         "| --- | --- | --- | --- |",
-        f"| bm25s (sparse CSC, numpy; full score vector) | {bm25_build:.1f} s | {statistics.median(lex_t) * 1e3:.1f} ms "
+        f"| bm25s (sparse CSC, numpy; full score vector) | {bm25_build:.1f} s | {statistics.median(lex_t) * 1e3:.1f} ms "  # noqa: E501
         f"| {pct(lex_t, 95) * 1e3:.1f} ms |",
     ]
     if fts:

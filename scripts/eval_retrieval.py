@@ -174,10 +174,12 @@ def build_minimal(items: list[dict[str, Any]], docs: Path) -> None:
         enc = NumpyMiniLM()
         by_key = dict(zip(keys, texts, strict=True))
         t0 = time.perf_counter()
-        vecs = enc.encode([by_key[k] for k in todo], batch_size=64)
-        log.info("embedded %d adapters in %.1fs", len(todo), time.perf_counter() - t0)
-        cache.update(zip(todo, vecs, strict=True))
-        np.savez(cache_file, keys=np.array(list(cache)), vecs=np.stack(list(cache.values())))
+        # Chunks, each saved: an interrupted run keeps what it embedded.
+        for start in range(0, len(todo), 512):
+            chunk = todo[start : start + 512]
+            cache.update(zip(chunk, enc.encode([by_key[k] for k in chunk], batch_size=32), strict=True))
+            np.savez(cache_file, keys=np.array(list(cache)), vecs=np.stack(list(cache.values())))
+            log.info("embedded %d/%d adapters (%.0fs)", start + len(chunk), len(todo), time.perf_counter() - t0)  # noqa: E501
     for row, key in zip(rows, keys, strict=True):
         row["embedding"] = cache[key].tolist()
     write_release(docs, rows, shards=2)
@@ -320,10 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"## retrieval (`scripts/eval_retrieval.py`, {time.strftime('%Y-%m-%d')})",
         "",
-        f"Developer half `civitai-2023/lora_normal.dev.jsonl.gz`: {len(release)} adapter versions in a release "
-        f"built by the **{builder}** builder from the data minus {n_creator_all} held-out example images (seed "
-        f"{args.seed}); {len(creator)} creator-prompt queries; {len(stylus)} COCO/Parti captions whose Stylus "
-        "choices are in the release (recall = mean over captions of the share of chosen model ids retrieved). "
+        f"Developer half `civitai-2023/lora_normal.dev.jsonl.gz`: {len(release)} adapter versions in a release "  # noqa: E501
+        f"built by the **{builder}** builder from the data minus {n_creator_all} held-out example images (seed "  # noqa: E501
+        f"{args.seed}); {len(creator)} creator-prompt queries; {len(stylus)} COCO/Parti captions whose Stylus "  # noqa: E501
+        "choices are in the release (recall = mean over captions of the share of chosen model ids retrieved). "  # noqa: E501
         f"Embedder: {release.embedder_info.get('model')}. Default fusion: RRF k={default.rrf_k:g}, weights "
         f"dense {default.dense_weight:g} / BM25 {default.bm25_weight:g}, depth {default.depth}.",
         "",
