@@ -79,11 +79,12 @@ class TextGen:
             words.add("".join(self.rng.choice(syll, n)))
         self.words = np.array(sorted(words, key=lambda w: (w not in self.REAL, w)))
         ranks = np.arange(1, len(self.words) + 1)
-        self.p = 1.0 / ranks**1.07
-        self.p /= self.p.sum()
+        p = 1.0 / ranks**1.07
+        self.cdf = np.cumsum(p / p.sum())
+        self.cdf[-1] = 1.0
 
     def text(self, n: int) -> str:
-        return " ".join(self.rng.choice(self.words, n, p=self.p))
+        return " ".join(self.words[np.searchsorted(self.cdf, self.rng.random(n))])
 
     def prompt(self, n: int) -> str:
         return ", ".join(self.text(int(self.rng.integers(1, 4))) for _ in range(max(1, n // 2)))
