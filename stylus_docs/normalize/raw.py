@@ -83,9 +83,10 @@ def discover(paths: list[str]) -> list[RawFile]:
             if not folder.is_dir():
                 continue
             for file in sorted(folder.iterdir()):
-                if not _is_data_file(file):
-                    continue
+                # Only snapshot chunks: the crawl's own failures.jsonl / state files sit beside them.
                 kind = next((k for p, k in prefixes.items() if file.name.startswith(p)), None)
+                if kind is None or not _is_data_file(file):
+                    continue
                 found.append(RawFile(str(file), kind))
         if not found:
             found = [
