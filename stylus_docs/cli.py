@@ -70,9 +70,24 @@ def _unavailable(name: str):
     return run
 
 
+class _DropBeamImportNoise(logging.Filter):
+    """Beam warns on import that the optional GCP client libraries are absent; that is expected here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("apitools not found")
+
+
+def _configure_logging() -> None:
+    # Configured before the subcommand modules are imported, so import-time warnings go through the filter.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropBeamImportNoise())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _configure_logging()
     parser = build_parser(only=_wanted_command(argv))
     # Unknown flags after ``--`` are Beam pipeline options; the subcommand decides whether it takes them.
     if "--" in argv:
@@ -81,11 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = argv[cut + 1 :]
     else:
         args, extra = parser.parse_known_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logging.getLogger().setLevel(logging.WARNING - 10 * min(args.verbose, 2))
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
