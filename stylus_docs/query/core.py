@@ -188,7 +188,7 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
 
 def fuse(
     dense: np.ndarray, lex: np.ndarray, mask: np.ndarray | None, k: int, cfg: SearchConfig
-) -> tuple[list[int], dict[int, float], dict[int, int], dict[int, int]]:
+) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
     """Rank rows from full dense and BM25 score vectors under a row mask.
 
     Args:
@@ -199,8 +199,8 @@ def fuse(
         cfg: fusion settings.
 
     Returns:
-        ``(rows best first, fused score per row, dense rank per row, BM25 rank per row)``; ranks are
-        1-based and only cover the top ``max(k, cfg.depth)`` of each ranking.
+        ``(rows best first, their fused scores, dense rank of every row, BM25 rank of every row)``;
+        ranks are 1-based, 0 outside the top ``max(k, cfg.depth)`` of that ranking.
     """
     depth = max(k, cfg.depth)
     use_dense = cfg.fusion in ("rrf", "dense")
@@ -214,22 +214,29 @@ def fuse(
         if mask is not None:
             lmasked = np.where(mask, lmasked, -np.inf)
         l_top = _top(lmasked, depth)
-    d_rank = {int(r): i + 1 for i, r in enumerate(d_top)}
-    l_rank = {int(r): i + 1 for i, r in enumerate(l_top)}
+    n = dense.shape[0]
+    d_rank = np.zeros(n, dtype=np.int32)  # 0 = outside the depth
+    l_rank = np.zeros(n, dtype=np.int32)
+    d_rank[d_top] = np.arange(1, len(d_top) + 1, dtype=np.int32)
+    l_rank[l_top] = np.arange(1, len(l_top) + 1, dtype=np.int32)
     if cfg.fusion == "dense":
-        order = [int(r) for r in d_top[:k]]
-        return order, {r: float(dense[r]) for r in order}, d_rank, l_rank
+        order = d_top[:k]
+        return order.tolist(), dense[order].astype(np.float64), d_rank, l_rank
     if cfg.fusion == "bm25":
-        order = [int(r) for r in l_top[:k]]
-        return order, {r: float(lex[r]) for r in order}, d_rank, l_rank
-    fused: dict[int, float] = {}
-    for r, rank in d_rank.items():
-        fused[r] = cfg.dense_weight / (cfg.rrf_k + rank)
-    for r, rank in l_rank.items():
-        fused[r] = fused.get(r, 0.0) + cfg.bm25_weight / (cfg.rrf_k + rank)
-    # Ties (same fused score) fall back to cosine, so the order is deterministic and sensible.
-    order = sorted(fused, key=lambda r: (-fused[r], -float(dense[r]), r))[:k]
-    return order, fused, d_rank, l_rank
+        order = l_top[:k]
+        return order.tolist(), lex[order].astype(np.float64), d_rank, l_rank
+    member = np.zeros(n, dtype=bool)
+    member[d_top] = True
+    member[l_top] = True
+    cand = np.flatnonzero(member)
+    fused = np.zeros(len(cand), dtype=np.float64)
+    rd = d_rank[cand]
+    rl = l_rank[cand]
+    fused[rd > 0] += cfg.dense_weight / (cfg.rrf_k + rd[rd > 0])
+    fused[rl > 0] += cfg.bm25_weight / (cfg.rrf_k + rl[rl > 0])
+    # Ties (same fused score) fall back to cosine, then row: deterministic and sensible.
+    pick = np.lexsort((cand, -dense[cand], -fused))[:k]
+    return cand[pick].tolist(), fused[pick], d_rank, l_rank
 
 
 class Release:
@@ -274,7 +281,7 @@ class Release:
         self._lexical: LexicalIndex | None = None
         self._con = None
         self._masks: dict[Filters, np.ndarray] = {}
-        self._fields: pa.Table | None = None
+        self._fields: dict[str, list[Any]] | None = None
 
     # -- components, built lazily ---------------------------------------------------------------
     def _check_embedder(self, embedder: QueryEmbedder) -> None:
@@ -425,11 +432,11 @@ class Release:
         return [
             Hit(
                 adapter_id=str(self.ids[r]),
-                score=round(fused[r], 8),
+                score=round(float(fused[i]), 8),
                 dense=float(dense[r]),
                 bm25=float(lex[r]),
-                dense_rank=d_rank.get(r),
-                bm25_rank=l_rank.get(r),
+                dense_rank=int(d_rank[r]) or None,
+                bm25_rank=int(l_rank[r]) or None,
                 row=r,
                 fields=fields[i],
             )
@@ -439,12 +446,12 @@ class Release:
     def fields(self, rows: Sequence[int]) -> list[dict[str, Any]]:
         """Display metadata (:data:`HIT_COLUMNS`) of ``rows``."""
         if self._fields is None:
+            # Columns as Python lists once (a few MB at 75K rows): per-hit lookups then cost ~nothing.
             schema = pq.read_schema(self.files[0])
             cols = [c for c in HIT_COLUMNS if c in schema.names]
-            self._fields = pq.read_table(self.files, columns=cols)
-        if not rows:
-            return []
-        return self._fields.take(pa.array(list(rows), type=pa.int64())).to_pylist()
+            table = pq.read_table(self.files, columns=cols)
+            self._fields = {c: table.column(c).to_pylist() for c in cols}
+        return [{c: values[r] for c, values in self._fields.items()} for r in rows]
 
     def sql(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one read-only SQL statement over the ``adapters``/``images`` views (sandboxed)."""
