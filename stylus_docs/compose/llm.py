@@ -29,6 +29,7 @@ from typing import Any
 
 import jsonschema
 
+from stylus_docs import schemas
 from stylus_docs.compose.types import Candidate, ComposeSettings, RawAssignment, RawTopic
 from stylus_docs.errors import FatalError
 from stylus_docs.secrets import get_secret, redact
@@ -67,11 +68,9 @@ def load_prompt(version: str = PROMPT_VERSION) -> dict[str, str]:
     return sections
 
 
-@lru_cache(maxsize=1)
 def load_schema() -> dict[str, Any]:
-    """The composition JSON schema (package copy of ``schemas/composition.v1.json``)."""
-    text = resources.files("stylus_docs").joinpath("schemas", SCHEMA_NAME).read_text(encoding="utf-8")
-    return json.loads(text)
+    """The composition JSON schema, ``schemas/composition.v1.json`` (read by the shared loader)."""
+    return schemas.load_schema(SCHEMA_NAME)
 
 
 def answer_schema() -> dict[str, Any]:
