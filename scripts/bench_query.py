@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapters", type=int, default=75_000)
     ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--fts-queries", type=int, default=200, help="queries for the DuckDB fts comparison")
+    ap.add_argument("--fts-queries", type=int, default=30, help="queries for the DuckDB fts comparison")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -63,7 +63,12 @@ def test_score_components_are_consistent(release) -> None:
     for h in hits:
         assert h.dense == pytest.approx(float(release.embeddings[h.row] @ q), abs=1e-5)
         assert release.ids[h.row] == h.adapter_id
-        expected = sum(1 / (60 + r) for r in (h.dense_rank, h.bm25_rank) if r is not None)
+        cfg = release.config
+        expected = sum(
+            w / (cfg.rrf_k + r)
+            for w, r in ((cfg.dense_weight, h.dense_rank), (cfg.bm25_weight, h.bm25_rank))
+            if r is not None
+        )
         assert h.score == pytest.approx(expected, abs=1e-7)
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
