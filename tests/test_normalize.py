@@ -92,11 +92,15 @@ def test_2024_array_and_malformed() -> None:
 def test_hf_record() -> None:
     card = huggingface.normalize_hf(hf_record())
     assert card.adapter_id == "hf:someone/icon-kit-lora@abc123"
-    assert card.trigger_words == ["Icon Kit"] and card.base_model == "black-forest-labs/FLUX.1-dev"
+    # The Hub's base-model repo is mapped to Civitai's name, so one base-model filter covers both sources.
+    assert card.trigger_words == ["Icon Kit"] and card.base_model == "Flux.1 D"
     assert card.images[0].url == "https://huggingface.co/someone/icon-kit-lora/resolve/abc123/images/1.png"
     assert card.images[0].prompt == "Icon Kit, a yellow jar"
     assert card.file_name == "icon-kit.safetensors"
     assert "Flat icon illustrations" in card.description and "load_lora_weights" not in card.description
+    other = hf_record()
+    other["card"] = other["card"].replace("black-forest-labs/FLUX.1-dev", "someone/custom-base")
+    assert huggingface.normalize_hf(other).base_model == "someone/custom-base"  # unknown repos kept as is
     bad = hf_record()
     bad["card"] = "---\nwidget: [unclosed\n---\nbody"
     with pytest.raises(SkipRecord) as exc:

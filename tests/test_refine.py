@@ -29,8 +29,8 @@ from stylus_docs.refine.openai_vlm import parse_answer
 from stylus_docs.refine.rules import category, recommended_weight, stated_weight
 
 
-def _card(**kw: object):
-    (card,) = civitai.normalize_model(model_2023(1, 11, "Ink", **kw))
+def _card(name: str = "Ink", **kw: object):
+    (card,) = civitai.normalize_model(model_2023(1, 11, name, **kw))
     return card
 
 
@@ -48,6 +48,9 @@ def test_weight_rules() -> None:
 def test_category_and_extractive_description() -> None:
     assert category(_card(tags=["clothing", "style"])) == "clothing"
     assert category(_card(tags=["photorealistic", "sports car"])) == "vehicle"
+    # Hub machine tags do not count: "black-forest-labs" must not make a corgi a background.
+    hub_tags = ["lora", "base_model:adapter:black-forest-labs/FLUX.1-dev", "region:us"]
+    assert category(_card(tags=hub_tags, name="corgi-dog-flux-lora")) == "animal"
     ref = refine_extractive(_card(description="<p>Turns photos into ink drawings. Support me on ko-fi!</p>"))
     assert ref.description == "Ink: Turns photos into ink drawings."
     assert ref.refiner == "extractive@v1" and ref.category == "style"

@@ -56,15 +56,39 @@ def _as_list(value: Any) -> list[str]:
     return [str(value)]
 
 
+#: Hub base-model repos → the base-model names Civitai uses, so one ``--base-model "SD 1.5"`` filter
+#: covers adapters of both sources. Unknown repos keep their repo id.
+HUB_BASE_MODELS: dict[str, str] = {
+    "compvis/stable-diffusion-v1-4": "SD 1.4",
+    "runwayml/stable-diffusion-v1-5": "SD 1.5",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "SD 1.5",
+    "stabilityai/stable-diffusion-2-1": "SD 2.1 768",
+    "stabilityai/stable-diffusion-2-1-base": "SD 2.1",
+    "stabilityai/stable-diffusion-xl-base-1.0": "SDXL 1.0",
+    "stabilityai/stable-diffusion-3-medium-diffusers": "SD 3",
+    "stabilityai/stable-diffusion-3.5-large": "SD 3.5 Large",
+    "stabilityai/stable-diffusion-3.5-medium": "SD 3.5 Medium",
+    "black-forest-labs/flux.1-dev": "Flux.1 D",
+    "black-forest-labs/flux.1-schnell": "Flux.1 S",
+}
+
+
 def _base_model(front: dict[str, Any], tags: list[str]) -> str | None:
+    repo: str | None = None
     bases = _as_list(front.get("base_model"))
     if bases:
-        return bases[0].strip()
-    for prefix in ("base_model:adapter:", "base_model:"):
-        for tag in tags:
-            if tag.startswith(prefix) and ":" not in tag[len(prefix) :]:
-                return tag[len(prefix) :]
-    return None
+        repo = bases[0].strip()
+    else:
+        for prefix in ("base_model:adapter:", "base_model:"):
+            for tag in tags:
+                if tag.startswith(prefix) and ":" not in tag[len(prefix) :]:
+                    repo = tag[len(prefix) :]
+                    break
+            if repo:
+                break
+    if repo is None:
+        return None
+    return HUB_BASE_MODELS.get(repo.lower(), repo)
 
 
 def _widget_images(front: dict[str, Any], repo: str, rev: str, adapter_id: str) -> list[ExampleImage]:

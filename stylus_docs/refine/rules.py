@@ -120,7 +120,9 @@ def recommended_weight(card: AdapterCard) -> float:
 
 def category(card: AdapterCard) -> str:
     """One of the paper's topics for ``card`` (``concept`` when nothing says otherwise)."""
-    tags = [t.lower().strip() for t in card.tags]
+    # Hub machine tags ("base_model:adapter:black-forest-labs/…", "license:…") say nothing about the
+    # subject and would match keywords ("forest" → background), so only plain tags count.
+    tags = [t.lower().strip() for t in card.tags if ":" not in t]
     tagset = set(tags)
     for tag, cat in _TAG_CATEGORIES:
         if tag in tagset:
