@@ -1,4 +1,4 @@
-"""The plain-DuckDB examples of stylus_docs/query/README.md run against a real release."""
+"""The plain-DuckDB examples of README.md and stylus_docs/query/README.md run against a real release."""
 
 from __future__ import annotations
 
@@ -10,17 +10,22 @@ import pytest
 
 from tests.release_fixture import write_release
 
-README = Path(__file__).resolve().parents[1] / "stylus_docs" / "query" / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+READMES = (ROOT / "README.md", ROOT / "stylus_docs" / "query" / "README.md")
 
 
-def sql_examples() -> list[str]:
-    return re.findall(r"```sql\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+def sql_examples(readmes: tuple[Path, ...] = READMES) -> list[str]:
+    found: list[str] = []
+    for readme in readmes:
+        found += re.findall(r"```sql\n(.*?)```", readme.read_text(encoding="utf-8"), flags=re.S)
+    return found
 
 
-def test_readme_has_duckdb_examples() -> None:
-    examples = sql_examples()
-    assert len(examples) >= 3
-    assert all("DOCS/latest/" in e for e in examples)
+def test_readmes_have_duckdb_examples() -> None:
+    for readme in READMES:
+        examples = sql_examples((readme,))
+        assert len(examples) >= 3, readme
+        assert all("DOCS/latest/" in e for e in examples)
 
 
 @pytest.mark.parametrize("index", range(len(sql_examples())))
