@@ -107,8 +107,8 @@ def main() -> int:
 
 Input: `{src.name}` ({len(items)} models, {full["counts"]["input"]} adapter versions in, {written} written);
 default refiner (extractive@v1) and embedder (MiniLM, CPU), in-process Beam runner, one run on
-{platform.machine()} with {os.cpu_count()} cores (shared with other jobs: absolute times are noisy, ratios
-are measured in the same run).
+{platform.machine()} with {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end of the run
+(absolute times are noisy on these machines; the ratios compare runs made back to back).
 
 | measure | value |
 | --- | --- |
