@@ -34,7 +34,7 @@ from apache_beam.utils import shared
 
 from stylus_docs import release, writer
 from stylus_docs.beam_options import make_pipeline_options
-from stylus_docs.embed import EmbedderInfo, card_text, embedder_info, load_embedder
+from stylus_docs.embed import EmbedderInfo, embed_cards, embedder_info, load_embedder
 from stylus_docs.errors import FatalError, RetryableError, SkipRecord
 from stylus_docs.filters import DEFAULT_TYPES, FilterConfig, apply_filters, filter_images, load_blacklist
 from stylus_docs.normalize import civitai, huggingface
@@ -446,9 +446,8 @@ class EmbedBatchFn(beam.DoFn):
         return self.embedder
 
     def process(self, batch: list[AdapterCard]) -> Iterator[Any]:
-        texts = [card_text(c.title, c.refined_description, c.tags, c.trigger_words) for c in batch]
         try:
-            vectors = self._load().embed(texts)
+            vectors = embed_cards(self._load(), batch)
         except RetryableError as exc:
             for card in batch:
                 yield _dead("embed", exc.reason, card.adapter_id, exc.detail)

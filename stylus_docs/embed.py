@@ -36,11 +36,14 @@ from stylus_docs.secrets import get_secret, redact
 logger = logging.getLogger(__name__)
 
 #: Version of the text template; part of the embedder id, so a change re-embeds everything.
-TEMPLATE_VERSION = "v1"
+#: v2: an adapter's vector is the normalized sum of two views (see :func:`embed_cards`).
+TEMPLATE_VERSION = "v2"
 TEMPLATE = (
     "Convert Stable Diffusion finetuned adapter description into an embedding for search: "
     "Title: {title}; Description: {description}; Tags: {tags}; Trigger words: {trigger_words};"
 )
+#: The second, short view: what the adapter is called and tagged with.
+NAME_TEMPLATE = "{title}. {tags}. {trigger_words}."
 BACKENDS = ("minilm", "openai", "clip")
 _DEFAULT_MODELS = {"minilm": "all-MiniLM-L6-v2", "openai": "text-embedding-3-large", "clip": "ViT-B-32"}
 _KNOWN_DIMS = {
@@ -81,6 +84,7 @@ class EmbedderInfo:
         """Manifest ``embedder`` object."""
         out = asdict(self)
         out["template"] = TEMPLATE
+        out["name_template"] = NAME_TEMPLATE  # second view, summed with the first (embed_cards)
         return out
 
 
@@ -104,6 +108,38 @@ def card_text(title: str, description: str, tags: Sequence[str], trigger_words: 
         tags=", ".join(t for t in tags if not t.startswith(("license:", "region:"))),
         trigger_words=", ".join(trigger_words),
     )
+
+
+def name_text(title: str, tags: Sequence[str], trigger_words: Sequence[str]) -> str:
+    """The short view of one adapter: title, tags and trigger words, without the description."""
+    return NAME_TEMPLATE.format(
+        title=title.strip(),
+        tags=", ".join(t for t in tags if not t.startswith(("license:", "region:"))),
+        trigger_words=", ".join(trigger_words),
+    )
+
+
+def embed_cards(embedder: Any, cards: Sequence[Any]) -> np.ndarray:
+    """Vectors of adapters (objects or dicts with title, refined_description, tags, trigger_words).
+
+    Each vector is the L2-normalized sum of two views: the paper's template over the whole card, and the
+    short :func:`name_text`. Small sentence encoders average a long description into a vague vector;
+    the short view keeps what the adapter *is*. Measured on the developer half of the real data
+    (BENCHMARKS.md, ``retrieval``): dense Stylus-agreement recall@150 0.842 → 0.890, creator-prompt
+    recall@10 0.173 → 0.280, at about 1.3× the embedding time (the short texts are cheap).
+    """
+
+    def get(card: Any, name: str) -> Any:
+        return card[name] if isinstance(card, dict) else getattr(card, name)
+
+    if not cards:
+        return np.zeros((0, 0), np.float32)
+    fields = [(get(c, "title"), get(c, "refined_description") or "", get(c, "tags"), get(c, "trigger_words"))
+              for c in cards]  # fmt: skip
+    full = [card_text(title, desc, tags, trig) for title, desc, tags, trig in fields]
+    short = [name_text(title, tags, trig) for title, _, tags, trig in fields]
+    vectors = np.asarray(embedder.embed(full + short), dtype=np.float32)
+    return l2_normalize(vectors[: len(cards)] + vectors[len(cards) :])
 
 
 def l2_normalize(matrix: np.ndarray) -> np.ndarray:

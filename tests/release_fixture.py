@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ DIM = 384
 EMBEDDER_INFO = {
     "name": "minilm",
     "model": "all-MiniLM-L6-v2",
-    "version": "v1",
+    "version": "v2",
     "dim": DIM,
     "normalized": True,
 }
@@ -169,12 +168,6 @@ SAMPLE: list[tuple[Any, ...]] = [
 ]
 
 
-def embed_text(title: str, description: str, tags: Sequence[str], trigger_words: Sequence[str] = ()) -> str:
-    """The build stage's embedding text (paper template + trigger words)."""
-    from stylus_docs.embed import card_text
-
-    return card_text(title, description, tags, trigger_words)
-
 
 def sample_rows(embed: bool = True) -> list[dict[str, Any]]:
     """Rows of :data:`SAMPLE` with every column of the contract filled in."""
@@ -216,17 +209,19 @@ def sample_rows(embed: bool = True) -> list[dict[str, Any]]:
                 "card_url": f"https://example.invalid/models/{model_id}",
                 "content_hash": f"h{version_id}",
                 "refiner": "extractive.v1",
-                "embedder": "minilm:all-MiniLM-L6-v2@v1",
+                "embedder": "minilm:all-MiniLM-L6-v2@v2",
                 "embedding": None,
                 "render_status": "not_rendered",
             }
         )
     if embed:
+        from stylus_docs.embed import embed_cards
         from stylus_docs.query.encoder import NumpyMiniLM
 
-        vecs = NumpyMiniLM().encode(
-            [embed_text(r["title"], r["description"], r["tags"], r["trigger_words"]) for r in rows]
-        )
+        class _Encoder:  # the build's two-view card vectors, computed with the query-side encoder
+            embed = NumpyMiniLM().encode
+
+        vecs = embed_cards(_Encoder(), rows)
         for r, v in zip(rows, vecs, strict=True):
             r["embedding"] = v.tolist()
     return rows

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fakes.openai_server import fake_vector, start_fake_openai, stop
 
-from stylus_docs.embed import card_text, embedder_info, l2_normalize, load_embedder
+from stylus_docs.embed import card_text, embed_cards, embedder_info, l2_normalize, load_embedder, name_text
 from stylus_docs.errors import FatalError
 
 
@@ -30,7 +30,28 @@ def test_minilm_batched_normalized_and_stable() -> None:
     assert np.allclose(emb.embed(texts[3:5]), vecs[3:5], atol=1e-5)  # batching does not change vectors
     q = emb.embed_queries(["a cat"])[0]
     assert float(q @ emb.embed(["a photo of a cat"])[0]) > float(q @ emb.embed(["a red sports car"])[0])
-    assert emb.info.id == "minilm:all-MiniLM-L6-v2@v1"
+    assert emb.info.id == "minilm:all-MiniLM-L6-v2@v2"
+
+
+def test_card_vectors_sum_the_full_and_the_short_view() -> None:
+    emb = load_embedder("minilm", batch_size=8)
+    cards = [
+        {"title": "Corgi Dog", "refined_description": "A fluffy corgi with short legs.", "tags": ["animal"],
+         "trigger_words": ["corgi"]},
+        {"title": "Ink Wash", "refined_description": "Chinese ink painting.", "tags": ["style", "region:us"],
+         "trigger_words": []},
+    ]  # fmt: skip
+    vecs = embed_cards(emb, cards)
+    full = emb.embed(
+        [card_text(c["title"], c["refined_description"], c["tags"], c["trigger_words"]) for c in cards]
+    )
+    short = emb.embed([name_text(c["title"], c["tags"], c["trigger_words"]) for c in cards])
+    assert name_text("Ink Wash", ["style", "region:us"], []) == "Ink Wash. style. ."
+    np.testing.assert_allclose(vecs, l2_normalize(full + short), atol=1e-5)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(vecs, l2_normalize(full), atol=1e-3)  # the short view really contributes
+    q = emb.embed_queries(["a corgi on the wall"])[0]
+    assert float(vecs[0] @ q) > float(vecs[1] @ q)
 
 
 def test_openai_embedder_against_fake(monkeypatch: pytest.MonkeyPatch) -> None:
