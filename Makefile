@@ -31,10 +31,11 @@ test: setup ## run the test suite (fails if no test ran)
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-bench: setup ## run the benchmarks and update BENCHMARKS.md
+bench: build ## run the CPU benchmarks (crawl, build, query, compose) and update BENCHMARKS.md
 	$(PY) scripts/bench_crawl.py
 	$(PY) scripts/bench_build.py
 	$(PY) scripts/bench_query.py
+	$(PY) scripts/bench_compose.py
 
 eval-retrieval: setup ## retrieval quality on the developer half of the real data (../shared/data)
 	$(PY) scripts/eval_retrieval.py
