@@ -177,10 +177,15 @@ def make_release(docs: Path, adapter_files: dict[str, Path], fillers: int) -> No
         )
         row["embedding"] = vecs[i].tolist()
         rows.append(row)
+    from stylus_docs.embed import embed_cards
     from stylus_docs.query.encoder import NumpyMiniLM
 
-    texts = [fx.embed_text(t, f"{t} adapter", tags) for _, t, _, tags, _ in TOPIC_ADAPTERS]
-    emb = NumpyMiniLM().encode(texts)
+    class _Encoder:  # the build's two-view card vectors, computed with the query-side encoder
+        embed = NumpyMiniLM().encode
+
+    cards = [{"title": t, "refined_description": f"{t} adapter", "tags": tags, "trigger_words": [trig]}
+             for _, t, _, tags, trig in TOPIC_ADAPTERS]  # fmt: skip
+    emb = embed_cards(_Encoder(), cards)
     for (aid, title, cat, tags, trig), vec in zip(TOPIC_ADAPTERS, emb, strict=True):
         num = aid.split("@")[1]
         path = adapter_files[aid]
