@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import random
-import re
 import sys
 import tempfile
 import time
@@ -29,17 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_INPUT = ROOT.parent / "shared" / "data" / "civitai-2023" / "lora_normal.dev.jsonl.gz"
-
-
-def _replace_section(path: Path, name: str, body: str) -> None:
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if start in text and end in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 def main() -> int:
@@ -59,6 +47,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
     import pyarrow.parquet as pq
+    from benchmarks_md import replace_section
 
     from pipelines.build import BuildConfig, run_build
     from stylus_docs import release
@@ -124,7 +113,7 @@ dead letters: `{json.dumps(full["counts"]["dead_letter"], sort_keys=True)}`.
 """
     print(body)
     if not args.no_write:
-        _replace_section(ROOT / "BENCHMARKS.md", "build", body)
+        replace_section("build", body)
     return 0
 
 

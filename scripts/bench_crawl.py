@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import importlib.util
-import re
 import shutil
 import sys
 import tempfile
@@ -51,12 +50,9 @@ def crawl_once(models_file: Path, out: Path, fault_rate: float, concurrency: int
 
 
 def write_section(text: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    body = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"<!-- bench:crawl -->\n{text.strip()}\n<!-- /bench:crawl -->"
-    pattern = re.compile(r"<!-- bench:crawl -->.*?<!-- /bench:crawl -->", re.S)
-    body = pattern.sub(block, body) if pattern.search(body) else body.rstrip() + "\n\n" + block + "\n"
-    path.write_text(body)
+    from benchmarks_md import replace_section
+
+    replace_section("crawl", text)
 
 
 def main() -> int:

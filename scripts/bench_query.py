@@ -214,15 +214,9 @@ def bench_fts(docs_text: list[str], queries: list[str]) -> dict[str, float] | No
 
 
 def write_section(table: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    start, end = "<!-- bench:query -->", "<!-- /bench:query -->"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{table.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    from benchmarks_md import replace_section
+
+    replace_section("query", table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -401,16 +401,11 @@ def to_markdown(f: dict[str, Any], name: str) -> str:
 
 
 def replace_section(path: Path, name: str, body: str) -> None:
-    """Replace (or append) the ``<!-- bench:NAME -->`` section of BENCHMARKS.md."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    if start in text and end in text:
-        text = text[: text.index(start)] + body + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    from stylus_docs.atomic import atomic_write_text
+    """Replace (or append) the ``<!-- bench:NAME -->`` section of ``path`` (see scripts/benchmarks_md.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchmarks_md import replace_section as replace
 
-    atomic_write_text(path, text)
+    replace(name, body, path)
 
 
 def main(argv: list[str] | None = None) -> int:

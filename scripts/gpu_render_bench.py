@@ -484,17 +484,10 @@ def write_benchmarks_section(report: dict[str, Any]) -> None:
             "`python scripts/gpu_render_bench.py --out $OUT/render.json --write-benchmarks` there.",
         ]
     lines.append("<!-- /bench:render -->")
-    section = "\n".join(lines)
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start, end = text.find("<!-- bench:render -->"), text.find("<!-- /bench:render -->")
-    if start != -1 and end != -1:
-        text = text[:start] + section + text[end + len("<!-- /bench:render -->") :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchmarks_md import replace_section
+
+    replace_section("render", "\n".join(lines))
 
 
 if __name__ == "__main__":
