@@ -64,71 +64,8 @@ def _maker() -> Any:
 
 
 def full_size_pipeline(device: str, dtype: Any) -> Any:
-    """SD 1.5's architecture with random weights (built on the target device: fast init)."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        DPMSolverMultistepScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    maker = _maker()
-    torch.manual_seed(0)
-    with torch.device(device):
-        unet = UNet2DConditionModel(
-            sample_size=64,
-            cross_attention_dim=768,
-            attention_head_dim=8,
-            block_out_channels=(320, 640, 1280, 1280),
-            layers_per_block=2,
-        )
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                max_position_embeddings=77,
-                projection_dim=768,
-                hidden_act="quick_gelu",
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-            )
-        )
-    # Random init can overflow fp16 in deep stacks; scale weights down so renders stay finite.
-    with torch.no_grad():
-        for module in (unet, vae, text_encoder):
-            for p in module.parameters():
-                if p.dim() > 1:
-                    p.mul_(0.5)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = maker.make_clip_tokenizer(Path(tmp))
-    scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
-    )
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    return pipe.to(device=device, dtype=dtype)
+    """SD 1.5's architecture with random weights (``make_tiny_models.make_sd15_shaped_pipeline``)."""
+    return _maker().make_sd15_shaped_pipeline(0, device).to(device=device, dtype=dtype)
 
 
 def write_adapters(pipe: Any, out: Path, count: int, rank: int) -> list[Path]:

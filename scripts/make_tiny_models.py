@@ -121,15 +121,8 @@ def make_clip_tokenizer(out_dir: Path):
 
 def make_tiny_pipeline(seed: int = 0):
     """A randomly initialised SD 1.5-shaped ``StableDiffusionPipeline`` at toy width (not saved)."""
-    import tempfile
-
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        DPMSolverMultistepScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -170,6 +163,16 @@ def make_tiny_pipeline(seed: int = 0):
         pad_token_id=49407,
     )
     text_encoder = CLIPTextModel(text_config)
+    return assemble_pipeline(unet, vae, text_encoder)
+
+
+def assemble_pipeline(unet, vae, text_encoder):
+    """A ``StableDiffusionPipeline`` around the given models: SD 1.5's scheduler settings, the offline CLIP
+    tokenizer, no safety checker (random weights make nothing worth checking)."""
+    import tempfile
+
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
     scheduler = DPMSolverMultistepScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -189,6 +192,56 @@ def make_tiny_pipeline(seed: int = 0):
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def make_sd15_shaped_pipeline(seed: int = 0, device: str = "cpu"):
+    """SD 1.5's architecture (UNet, VAE, CLIP ViT-L text tower) with random weights, for GPU benchmarks.
+
+    Built on ``device`` (initialising 1B parameters on a GPU is fast). Weight matrices are halved: plain
+    random init overflows fp16 in the deep stacks, and the benchmarks must render finite images.
+    """
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=CLIP_VOCAB_SIZE,
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                projection_dim=768,
+                hidden_act="quick_gelu",
+                bos_token_id=49406,
+                eos_token_id=49407,
+                pad_token_id=49407,
+            )
+        )
+    with torch.no_grad():
+        for module in (unet, vae, text_encoder):
+            for param in module.parameters():
+                if param.dim() > 1:
+                    param.mul_(0.5)
+    return assemble_pipeline(unet, vae, text_encoder)
 
 
 def _unet_attention_linears(unet) -> list[tuple[str, object]]:
