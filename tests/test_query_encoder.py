@@ -52,3 +52,20 @@ def test_default_embedder_names_resolve_to_minilm(name: str) -> None:
     assert isinstance(
         load_query_embedder({"name": "sentence-transformers", "model": name, "dim": 384}), NumpyMiniLM
     )
+
+
+def test_model_folder_from_environment(tmp_path, monkeypatch) -> None:
+    """STYLUS_DOCS_MINILM_DIR points both embedders at a copied model folder; a wrong folder is refused."""
+    import shutil
+
+    from stylus_docs.errors import FatalError
+    from stylus_docs.query.encoder import MINILM_DIR_ENV, default_minilm_dir
+
+    copy = tmp_path / "minilm"
+    shutil.copytree(default_minilm_dir(), copy)
+    monkeypatch.setenv(MINILM_DIR_ENV, str(copy))
+    assert default_minilm_dir() == copy
+    np.testing.assert_allclose(NumpyMiniLM().encode(TEXTS[:2]), NumpyMiniLM(copy).encode(TEXTS[:2]))
+    monkeypatch.setenv(MINILM_DIR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FatalError, match="not a sentence-transformers model folder"):
+        default_minilm_dir()

