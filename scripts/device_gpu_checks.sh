@@ -16,9 +16,13 @@ export STYLUS_DOCS_MINILM_DIR=/tmp/minilm
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, diffusers, transformers, peft; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$OUT/gpu.txt"
 status=0
+if [[ "${CHECKS:-render,compose}" == *render* ]]; then
 timeout "${RENDER_TIMEOUT:-240}" python3 scripts/gpu_render_bench.py --out "$OUT/render.json" >"$OUT/render.log" 2>&1 || status=$?
 echo "render bench exit $status"; tail -n 25 "$OUT/render.log"
+fi
 status2=0
+if [[ "${CHECKS:-render,compose}" == *compose* ]]; then
 timeout "${COMPOSE_TIMEOUT:-240}" python3 scripts/gpu_compose_bench.py --reps 5 --out "$OUT" >"$OUT/compose.log" 2>&1 || status2=$?
 echo "compose bench exit $status2"; tail -n 40 "$OUT/compose.log"
+fi
 exit $(( status || status2 ))
