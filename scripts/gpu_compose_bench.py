@@ -342,8 +342,8 @@ def to_markdown(f: dict[str, Any], name: str) -> str:
         f"{f['compose_cold_s']:.2f} s); loading the 3 adapters once per process: "
         f"{f['load_3_adapters_s']:.3f} s.",
         "",
-        "| batch | base gen (s) | base before / after (s) | fused gen (s) | unfused gen (s) | set_adapters (s) "
-        "| fuse (s) | unfuse (s) | overhead (s) | overhead % | % incl. load |",
+        "| batch | base gen (s) | base before / after (s) | fused gen (s) | unfused gen (s) "
+        "| set_adapters (s) | fuse (s) | unfuse (s) | overhead (s) | overhead % | % incl. load |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(k for k in f if k.startswith("batch")):
