@@ -387,7 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--write-benchmarks", action="store_true", help="replace the section in BENCHMARKS.md"
     )
+    parser.add_argument(
+        "--from-json", type=Path, help="write the BENCHMARKS.md section from a report made on the device"
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        report = json.loads(args.from_json.read_text(encoding="utf-8"))
+        name = "compose-tiny" if report["device"].startswith("cpu") else "compose-gpu"
+        replace_section(ROOT / "BENCHMARKS.md", name, to_markdown(report, name))
+        return 0
     fillers = args.fillers if args.fillers is not None else (300 if args.tiny else 5000)
     figures = run_bench(args.tiny, args.reps, fillers, [int(b) for b in args.batches.split(",")], args.steps)
     name = "compose-tiny" if args.tiny else "compose-gpu"

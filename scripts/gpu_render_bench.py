@@ -295,7 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--write-benchmarks", action="store_true", help="replace BENCHMARKS.md's render section"
     )
+    parser.add_argument(
+        "--from-json", type=Path, help="write the BENCHMARKS.md section from a report made on the device"
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        write_benchmarks_section(json.loads(args.from_json.read_text(encoding="utf-8")))
+        return 0
 
     import torch
 
@@ -390,10 +396,11 @@ def _fmt_mode(name: str, m: dict[str, Any]) -> str:
 
 
 def write_benchmarks_section(report: dict[str, Any]) -> None:
-    """Replace the ``render`` section of BENCHMARKS.md (create the file if missing)."""
+    """Replace the ``render`` (tiny) or ``render-gpu`` section of BENCHMARKS.md (created if missing)."""
+    name = "render" if report["layout"] == "tiny" else "render-gpu"
     lines = [
-        "<!-- bench:render -->",
-        "## render",
+        f"<!-- bench:{name} -->",
+        "## render" + ("" if report["layout"] == "tiny" else " (GPU)"),
         "",
         f"`scripts/gpu_render_bench.py{' --tiny' if report['layout'] == 'tiny' else ''}` — layout "
         f"{report['layout']}, device {report['device']} ({report['torch_threads']} torch threads), "
@@ -408,23 +415,22 @@ def write_benchmarks_section(report: dict[str, Any]) -> None:
         "| mode | adapters/hour | s/adapter (median) | share of time / phases |",
         "| --- | --- | --- | --- |",
     ]
-    for name, m in report["modes"].items():
-        lines.append(_fmt_mode(name, m))
+    for mode, m in report["modes"].items():
+        lines.append(_fmt_mode(mode, m))
     if "fused_over_unfused" in report:
         lines += ["", f"Fused / unfused throughput: {report['fused_over_unfused']:.2f}×."]
     if report["layout"] == "tiny":
         lines += [
             "",
             "CPU figures of the tiny test pipeline only: they check that the script and the render path "
-            "work and show the relative cost of the phases on a toy model. **GPU figures (full-size SD 1.5 "
-            "layout, 512×512, 25 steps, rank 32, on an H100) are pending a device session**: run "
-            "`python scripts/gpu_render_bench.py --out $OUT/render.json --write-benchmarks` there.",
+            "work and show the relative cost of the phases on a toy model. GPU figures: section "
+            "`render-gpu` (`scripts/device_gpu_checks.sh`).",
         ]
-    lines.append("<!-- /bench:render -->")
+    lines.append(f"<!-- /bench:{name} -->")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from benchmarks_md import replace_section
 
-    replace_section("render", "\n".join(lines))
+    replace_section(name, "\n".join(lines))
 
 
 if __name__ == "__main__":
