@@ -356,3 +356,31 @@ def test_bad_inputs_fail_with_one_line(world, tmp_path, capsys):
     assert rc != 0
     with pytest.raises(FatalError):
         GenerateSettings(width=60)
+
+
+def test_fused_batches_leave_the_base_weights_bit_exact(world, run, tmp_path):
+    """After fused renders the UNet and text encoder weights equal the pristine ones exactly: no drift
+    from subtracting deltas (the generator restores resident copies instead of pipe.unfuse_lora())."""
+    import torch
+
+    from stylus_docs.compose import Composer, ComposeSettings
+
+    composer = Composer(world["docs"], ComposeSettings(base_model="SD 1.5"))
+    composition = json.loads((run["dir"] / "composition.json").read_text())
+    loaded = load_pipeline(str(world["pipeline"]), device="cpu")
+    before = {
+        f"{c}.{k}": v.clone()
+        for c in ("unet", "text_encoder")
+        for k, v in getattr(loaded.pipe, c).state_dict().items()
+    }
+    gen = StylusGenerator(loaded, composer.source.cards, AdapterStore(world["adapters"]), composer.build_id)
+    settings = GenerateSettings(
+        num_images=4, mask="one_hot_loras", seed=run["seed"], steps=1, width=64, height=64
+    )
+    for i in range(3):  # several fuse/restore cycles
+        gen.render(PROMPT, composition, settings, tmp_path / str(i))
+    assert len(gen._pristine) > 0 and not loaded.pipe.num_fused_loras
+    loaded.pipe.unload_lora_weights()  # back to plain modules, so the state-dict keys compare
+    for c in ("unet", "text_encoder"):
+        for k, v in getattr(loaded.pipe, c).state_dict().items():
+            assert torch.equal(v, before[f"{c}.{k}"]), f"{c}.{k}"

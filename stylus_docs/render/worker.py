@@ -32,14 +32,12 @@ from typing import Any
 from stylus_docs.atomic import atomic_write_bytes
 from stylus_docs.download import AdapterCache
 from stylus_docs.errors import FatalError, SkipRecord
+from stylus_docs.lora_state import PristineWeights, lora_layers
 from stylus_docs.render.config import RenderConfig
 from stylus_docs.render.prompts import adapter_weight, base_model_family, image_relpath, probe_prompts
 from stylus_docs.secrets import redact
 
 logger = logging.getLogger(__name__)
-
-#: Pipeline components that may carry LoRA layers.
-_LORA_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 
 
 @dataclass
@@ -135,7 +133,7 @@ class AdapterRenderer:
         self.stats: Counter[str] = Counter()
         self.timings: Counter[str] = Counter()  # seconds by phase, for benchmarks
         self._baseline: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._pristine: dict[int, tuple[Any, Any | None]] = {}
+        self._pristine = PristineWeights()
         self._serial = 0
 
     # -- public ---------------------------------------------------------------------------------
@@ -190,7 +188,7 @@ class AdapterRenderer:
             try:
                 pipe.load_lora_weights(str(weights), adapter_name=name)
                 loaded = True
-                layers = self._lora_base_layers()
+                layers = lora_layers(pipe)
                 if not layers or name not in {
                     a for names in pipe.get_list_adapters().values() for a in names
                 }:
@@ -230,7 +228,7 @@ class AdapterRenderer:
             pipe.set_adapters([name], [weight])
             if cfg.fuse:
                 fused_layers = layers
-                self._snapshot(layers)
+                self._pristine.snapshot(pipe)
                 pipe.fuse_lora(adapter_names=[name], lora_scale=1.0)
             t_fused = time.perf_counter()
             self.timings["fuse"] += t_fused - t_fuse
@@ -280,44 +278,13 @@ class AdapterRenderer:
                 out.extend(images[i] for i in range(len(chunk)))
         return out
 
-    def _lora_base_layers(self) -> list[Any]:
-        """Base layers (nn.Linear/Conv) currently wrapped by PEFT LoRA layers in the pipeline."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        layers = []
-        for comp_name in _LORA_COMPONENTS:
-            comp = getattr(self.pipe, comp_name, None)
-            if comp is None:
-                continue
-            for module in comp.modules():
-                if isinstance(module, BaseTunerLayer):
-                    layers.append(module.get_base_layer())
-        return layers
-
-    def _snapshot(self, layers: list[Any]) -> None:
-        """Keep a resident copy of each base layer's weights the first time an adapter touches it."""
-        for layer in layers:
-            if id(layer) not in self._pristine:
-                bias = getattr(layer, "bias", None)
-                self._pristine[id(layer)] = (
-                    layer.weight.detach().clone(),
-                    bias.detach().clone() if bias is not None else None,
-                )
-
     def _unload(self, fused_layers: list[Any]) -> None:
         pipe = self.pipe
         if fused_layers:
-            pipe.unfuse_lora()
+            # Not pipe.unfuse_lora(): subtracting the delta again leaves fp16 rounding error that would
+            # accumulate over thousands of adapters; the resident copies put the weights back exactly.
+            self._pristine.unfuse(pipe)
         pipe.unload_lora_weights()
-        if fused_layers:
-            # unfuse subtracts the delta again; in fp16 that leaves rounding error that would accumulate
-            # over thousands of adapters, so the touched weights are copied back from the resident copy.
-            with self._torch.no_grad():
-                for layer in fused_layers:
-                    weight, bias = self._pristine[id(layer)]
-                    layer.weight.copy_(weight)
-                    if bias is not None:
-                        layer.bias.copy_(bias)
 
     def _remember_baseline(self, key: tuple[str, int], png: bytes) -> None:
         self._baseline[key] = png
