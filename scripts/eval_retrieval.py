@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -228,8 +229,9 @@ def evaluate(release, creator, stylus, cfg: SearchConfig, vectors_c, vectors_s) 
     res: dict[str, float] = {}
     k = max(KS)
     hits = {kk: 0 for kk in KS}
+    codes = release.model_codes
     for q, (d, lx) in zip(creator, vectors_c, strict=True):
-        order, *_ = fuse(d, lx, None, k, cfg)
+        order, *_ = fuse(d, lx, None, k, cfg, codes)
         target = row_of.get(q["target"])
         rank = order.index(target) + 1 if target in order else 0
         for kk in KS:
@@ -238,7 +240,7 @@ def evaluate(release, creator, stylus, cfg: SearchConfig, vectors_c, vectors_s) 
         res[f"creator@{kk}"] = hits[kk] / max(len(creator), 1)
     sums = {kk: 0.0 for kk in (10, 150)}
     for q, (d, lx) in zip(stylus, vectors_s, strict=True):
-        order, *_ = fuse(d, lx, None, k, cfg)
+        order, *_ = fuse(d, lx, None, k, cfg, codes)
         ranks = ranks_for(order, q["models"], lambda r: model_of[r])
         for kk in sums:
             sums[kk] += sum(0 < r <= kk for r in ranks) / len(ranks)
@@ -298,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         "dense only": SearchConfig(fusion="dense"),
         "BM25 only": SearchConfig(fusion="bm25"),
         "hybrid (default)": default,
+        "dense only, every version": SearchConfig(fusion="dense", one_version_after=None),
+        "BM25 only, every version": SearchConfig(fusion="bm25", one_version_after=None),
+        "hybrid, every version": replace(default, one_version_after=None),
+        "hybrid, fixed weights": replace(default, adaptive=False),
     }
     rows = {
         name: evaluate(release, creator, stylus, cfg, vectors_c, vectors_s) for name, cfg in configs.items()
@@ -310,10 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     vec_r10 = evaluate(release, sample, [], default, [vectors_c[i] for i in sample_idx], [])["creator@10"]
     grid: dict[str, dict[str, float]] = {}
     if args.grid:
-        for rrf_k in (10, 60):
-            for dw, bw in ((1.0, 1.0), (0.5, 1.0), (0.75, 1.0), (1.0, 0.75)):
-                cfg = SearchConfig(rrf_k=rrf_k, dense_weight=dw, bm25_weight=bw)
-                grid[f"rrf_k={rrf_k} w_dense={dw} w_bm25={bw}"] = evaluate(
+        for bm25_k in (3.0, 10.0):
+            for conf in (1.5, 3.0, 5.0):
+                cfg = replace(default, bm25_rrf_k=bm25_k, dense_confidence=conf)
+                grid[f"bm25_rrf_k={bm25_k:g} dense_confidence={conf:g}"] = evaluate(
                     release, creator, stylus, cfg, vectors_c, vectors_s
                 )
     lines = [
@@ -323,8 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         f"built by the **{builder}** builder from the data minus {n_creator_all} held-out example images (seed "  # noqa: E501
         f"{args.seed}); {len(creator)} creator-prompt queries; {len(stylus)} COCO/Parti captions whose Stylus "  # noqa: E501
         "choices are in the release (recall = mean over captions of the share of chosen model ids retrieved). "  # noqa: E501
-        f"Embedder: {release.embedder_info.get('model')}. Default fusion: RRF k={default.rrf_k:g}, weights "
-        f"dense {default.dense_weight:g} / BM25 {default.bm25_weight:g}, depth {default.depth}.",
+        f"Embedder: {release.embedder_info.get('model')} (card vectors: template + name + example "
+        f"prompts, template {release.embedder_info.get('version')}). Default fusion: RRF, k dense "
+        f"{default.rrf_k:g} / BM25 {default.bm25_rrf_k:g}, weights adapted per query "
+        f"(dense_confidence {default.dense_confidence:g}), depth {default.depth}, one version per model "
+        f"after rank {default.one_version_after}.",
         "",
         "| ranking | creator R@1 | creator R@10 | creator R@150 | Stylus R@10 | Stylus R@150 |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -27,7 +27,7 @@ DIM = 384
 EMBEDDER_INFO = {
     "name": "minilm",
     "model": "all-MiniLM-L6-v2",
-    "version": "v2",
+    "version": "v3",
     "dim": DIM,
     "normalized": True,
 }
@@ -209,7 +209,7 @@ def sample_rows(embed: bool = True) -> list[dict[str, Any]]:
                 "card_url": f"https://example.invalid/models/{model_id}",
                 "content_hash": f"h{version_id}",
                 "refiner": "extractive.v1",
-                "embedder": "minilm:all-MiniLM-L6-v2@v2",
+                "embedder": "minilm:all-MiniLM-L6-v2@v3",
                 "embedding": None,
                 "render_status": "not_rendered",
             }

@@ -30,7 +30,7 @@ def test_minilm_batched_normalized_and_stable() -> None:
     assert np.allclose(emb.embed(texts[3:5]), vecs[3:5], atol=1e-5)  # batching does not change vectors
     q = emb.embed_queries(["a cat"])[0]
     assert float(q @ emb.embed(["a photo of a cat"])[0]) > float(q @ emb.embed(["a red sports car"])[0])
-    assert emb.info.id == "minilm:all-MiniLM-L6-v2@v2"
+    assert emb.info.id == "minilm:all-MiniLM-L6-v2@v3"
 
 
 def test_card_vectors_sum_the_full_and_the_short_view() -> None:
@@ -52,6 +52,30 @@ def test_card_vectors_sum_the_full_and_the_short_view() -> None:
     assert not np.allclose(vecs, l2_normalize(full), atol=1e-3)  # the short view really contributes
     q = emb.embed_queries(["a corgi on the wall"])[0]
     assert float(vecs[0] @ q) > float(vecs[1] @ q)
+
+
+def test_example_prompts_are_the_third_view() -> None:
+    """unit(unit(template + name) + 0.5 · examples); cards without example prompts keep two views."""
+    from stylus_docs.embed import EXAMPLES_WEIGHT, examples_text
+
+    emb = load_embedder("minilm", batch_size=8)
+    prompts = ["masterpiece, 1girl, hanfu, ink wash <lora:hanfu_v2:0.8>", "", "a scholar in hanfu, ink wash"]
+    card = {"title": "Hanfu", "refined_description": "Traditional Chinese dress.", "tags": ["clothing"],
+            "trigger_words": ["hnfu"], "example_prompts": prompts}  # fmt: skip
+    bare = dict(card, example_prompts=[])
+    assert examples_text(prompts) == "masterpiece, 1girl, hanfu, ink wash \na scholar in hanfu, ink wash"
+    assert examples_text([]) == ""
+    with_ex, without = embed_cards(emb, [card, bare])
+    two = l2_normalize(
+        emb.embed([card_text("Hanfu", "Traditional Chinese dress.", ["clothing"], ["hnfu"])])
+        + emb.embed([name_text("Hanfu", ["clothing"], ["hnfu"])])
+    )[0]
+    np.testing.assert_allclose(without, two, atol=1e-5)
+    ex = emb.embed([examples_text(prompts)])[0]
+    np.testing.assert_allclose(with_ex, l2_normalize(two + EXAMPLES_WEIGHT * ex)[0], atol=1e-5)
+    # The examples pull the vector towards what people type with the adapter.
+    q = emb.embed_queries(["a scholar in ink wash style"])[0]
+    assert float(with_ex @ q) > float(without @ q)
 
 
 def test_openai_embedder_against_fake(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -65,10 +65,14 @@ def test_score_components_are_consistent(release) -> None:
         assert release.ids[h.row] == h.adapter_id
         cfg = release.config
         expected = sum(
-            w / (cfg.rrf_k + r)
-            for w, r in ((cfg.dense_weight, h.dense_rank), (cfg.bm25_weight, h.bm25_rank))
+            w / (kk + r)
+            for w, kk, r in (
+                (h.dense_weight, cfg.rrf_k, h.dense_rank),
+                (h.bm25_weight, cfg.bm25_rrf_k, h.bm25_rank),
+            )
             if r is not None
         )
+        assert h.dense_weight + h.bm25_weight == pytest.approx(2.0, abs=1e-5)  # adaptive: shares of 2
         assert h.score == pytest.approx(expected, abs=1e-7)
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
@@ -220,3 +224,31 @@ def test_unwritable_build_dir_falls_back_to_cache_dir(tmp_path: Path, monkeypatc
     rel = open_release(tmp_path / "docs")
     assert rel.search("corgidog", k=1)[0].adapter_id == "civitai:103@1003"
     assert rel.lexical.location is not None and (tmp_path / "cache") in rel.lexical.location.parents
+
+
+def test_past_the_head_a_model_appears_once(tmp_path: Path) -> None:
+    """Sibling versions crowd the head only: past `one_version_after`, each model's best version alone."""
+    base = sample_rows()
+    dragon = next(r for r in base if r["adapter_id"] == "civitai:102@1002")
+    rows = list(base)
+    for v in range(2, 16):  # fourteen more versions of the dragon model, same card, distinct vectors
+        rows.append(dict(dragon, adapter_id=f"civitai:102@{1002 + 1000 * v}", version_id=str(1002 + 1000 * v),
+                         content_hash=f"h{v}", version_name=f"v{v}"))  # fmt: skip
+    docs = tmp_path / "docs"
+    write_release(docs, rows)
+    query = "a giant reptile with wings burning a fortress"
+    collapsed = open_release(docs, config=SearchConfig(one_version_after=3)).search(
+        query, k=len(rows), include_nsfw=True
+    )
+    dragon_hits = [h.adapter_id for h in collapsed if h.adapter_id.startswith("civitai:102@")]
+    # Three in the head (all versions rank first: same card), none of the other twelve afterwards.
+    assert [h.adapter_id.startswith("civitai:102@") for h in collapsed[:3]] == [True, True, True]
+    assert len(dragon_hits) == 3
+    assert len(collapsed) == len(base) + 2  # every other adapter is still there
+    everything = open_release(docs, config=SearchConfig(one_version_after=None)).search(
+        query, k=len(rows), include_nsfw=True
+    )
+    assert len(everything) == len(rows)
+    assert sum(h.adapter_id.startswith("civitai:102@") for h in everything) == 15
+    with pytest.raises(FatalError):
+        SearchConfig(one_version_after=-1)

@@ -48,25 +48,47 @@ class SearchConfig:
 
     Args:
         fusion: ``"rrf"`` (reciprocal rank fusion) or ``"dense"`` / ``"bm25"`` (one retriever only).
-        rrf_k: the RRF constant: score = Σ w / (rrf_k + rank).
+        rrf_k: the dense ranking's RRF constant: its share of the score is ``dense_weight / (rrf_k + rank)``.
+        bm25_rrf_k: the BM25 ranking's RRF constant (``bm25_weight / (bm25_rrf_k + rank)``).
         dense_weight: weight of the dense ranking in RRF.
         bm25_weight: weight of the BM25 ranking in RRF.
         depth: how many top rows of each ranking enter fusion (at least k).
+        adaptive: scale the two weights per query by how confident each retriever is (see
+            :func:`confidence_weights`); off: the fixed weights.
+        dense_confidence: how much a peaked dense ranking counts against a peaked BM25 ranking.
+        one_version_after: past this many hits, a model's further versions are left out (the next
+            model's best version takes the slot); ``None`` keeps every version.
     """
 
     fusion: str = "rrf"
-    # Tuned on the developer half (BENCHMARKS.md `retrieval`): a small k and a lighter dense weight keep
-    # BM25's exact trigger-word / prompt matches on top while dense fills the natural-language tail.
+    # Tuned on the developer half (BENCHMARKS.md `retrieval`). A sharp BM25 constant lets an exact
+    # trigger-word / example-prompt match (BM25 rank 1-3) win the top slots outright, where creators'
+    # tag-soup prompts need it; the flatter dense constant lets the semantic neighbours of
+    # natural-language prompts fill the rest of the list.
     rrf_k: float = 10.0
-    dense_weight: float = 0.75
+    bm25_rrf_k: float = 3.0
+    dense_weight: float = 1.0
     bm25_weight: float = 1.0
     depth: int = 1000
+    # Creators' tag-soup prompts have one BM25 hit far above the rest (a trigger word, a copied example
+    # prompt) while dense scores are flat; for natural-language captions it is the other way round. The
+    # per-query weights follow that, instead of one compromise for both kinds of prompt.
+    adaptive: bool = True
+    dense_confidence: float = 3.0
+    # Stylus' own catalogue holds one version per model: sibling versions (v1, v2, "pruned"…) of one
+    # adapter are near-duplicates that crowd a 150-candidate list. The first 10 hits stay untouched,
+    # because there the exact version is what a trigger-word query asks for.
+    one_version_after: int | None = 10
 
     def __post_init__(self) -> None:
         if self.fusion not in ("rrf", "dense", "bm25"):
             raise FatalError(f"unknown fusion {self.fusion!r} (rrf, dense, bm25)")
-        if self.rrf_k <= 0 or self.depth < 1 or self.dense_weight < 0 or self.bm25_weight < 0:
-            raise FatalError("rrf_k and depth must be positive, weights non-negative")
+        if self.rrf_k <= 0 or self.bm25_rrf_k <= 0 or self.depth < 1:
+            raise FatalError("rrf_k, bm25_rrf_k and depth must be positive")
+        if self.dense_weight < 0 or self.bm25_weight < 0 or self.dense_confidence < 0:
+            raise FatalError("fusion weights and dense_confidence must be non-negative")
+        if self.one_version_after is not None and self.one_version_after < 0:
+            raise FatalError("one_version_after must be >= 0 (or None)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +149,9 @@ class Hit:
         bm25_rank: 1-based rank in the BM25 ranking (None when outside the depth or no match).
         row: row index in the release's adapters table.
         fields: display metadata (title, type, base model, category, weight, triggers, downloads, nsfw).
+        dense_weight: the dense ranking's RRF weight for this query (``score`` =
+            ``dense_weight / (rrf_k + dense_rank) + bm25_weight / (bm25_rrf_k + bm25_rank)``).
+        bm25_weight: the BM25 ranking's RRF weight for this query.
     """
 
     adapter_id: str
@@ -137,15 +162,19 @@ class Hit:
     bm25_rank: int | None
     row: int
     fields: dict[str, Any] = field(default_factory=dict)
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
 
     @property
     def components(self) -> dict[str, Any]:
-        """The score components: ``dense``, ``bm25``, ``dense_rank``, ``bm25_rank``."""
+        """The score components: ``dense``, ``bm25``, their ranks and this query's fusion weights."""
         return {
             "dense": self.dense,
             "bm25": self.bm25,
             "dense_rank": self.dense_rank,
             "bm25_rank": self.bm25_rank,
+            "dense_weight": self.dense_weight,
+            "bm25_weight": self.bm25_weight,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,8 +217,59 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
     return idx[np.isfinite(scores[idx])]
 
 
+def one_version_per_model(order: np.ndarray, model_codes: np.ndarray, after: int) -> np.ndarray:
+    """Which positions of ``order`` to keep: all of the first ``after``; past them, only a model's first
+    appearance in the whole list (so a model already shown in the head is not repeated in the tail).
+
+    Args:
+        order: rows, best first.
+        model_codes: model code of every row of the release.
+        after: how many leading rows are kept as they are.
+
+    Returns:
+        A boolean mask over ``order``.
+    """
+    keep = np.ones(len(order), dtype=bool)
+    if len(order) <= after:
+        return keep
+    _, first = np.unique(model_codes[order], return_index=True)
+    keep[after:] = False
+    keep[first] = True
+    return keep
+
+
+def peak(scores: np.ndarray) -> float:
+    """How far the best of ``scores`` (best first) stands out: its z-score within them (0 if < 2)."""
+    if len(scores) < 2:
+        return 0.0
+    s = scores.astype(np.float64)
+    std = float(s.std())
+    return max(0.0, float((s[0] - s.mean()) / std)) if std > 0 else 0.0
+
+
+def confidence_weights(
+    dense_top: np.ndarray, bm25_top: np.ndarray, dense_confidence: float
+) -> tuple[float, float]:
+    """Per-query multipliers ``(dense, bm25)`` of the RRF weights; they sum to 2.
+
+    Each retriever's confidence is the :func:`peak` of its top scores; BM25's share is
+    ``z_bm25 / (z_bm25 + dense_confidence · z_dense)``. Equal (1, 1) when neither stands out.
+    """
+    zd, zl = peak(dense_top), peak(bm25_top)
+    denom = zl + dense_confidence * zd
+    if denom <= 0:
+        return 1.0, 1.0
+    w_bm25 = 2.0 * zl / denom
+    return 2.0 - w_bm25, w_bm25
+
+
 def fuse(
-    dense: np.ndarray, lex: np.ndarray, mask: np.ndarray | None, k: int, cfg: SearchConfig
+    dense: np.ndarray,
+    lex: np.ndarray,
+    mask: np.ndarray | None,
+    k: int,
+    cfg: SearchConfig,
+    model_codes: np.ndarray | None = None,
 ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
     """Rank rows from full dense and BM25 score vectors under a row mask.
 
@@ -199,10 +279,12 @@ def fuse(
         mask: rows allowed (None: all).
         k: how many rows to return.
         cfg: fusion settings.
+        model_codes: model code of every row, for ``cfg.one_version_after`` (None: no collapsing).
 
     Returns:
-        ``(rows best first, their fused scores, dense rank of every row, BM25 rank of every row)``;
-        ranks are 1-based, 0 outside the top ``max(k, cfg.depth)`` of that ranking.
+        ``(rows best first, their fused scores, dense rank of every row, BM25 rank of every row,
+        (dense weight, BM25 weight) used)``; ranks are 1-based, 0 outside the top ``max(k, cfg.depth)``
+        of that ranking.
     """
     depth = max(k, cfg.depth)
     use_dense = cfg.fusion in ("rrf", "dense")
@@ -221,12 +303,15 @@ def fuse(
     l_rank = np.zeros(n, dtype=np.int32)
     d_rank[d_top] = np.arange(1, len(d_top) + 1, dtype=np.int32)
     l_rank[l_top] = np.arange(1, len(l_top) + 1, dtype=np.int32)
+    collapse = model_codes is not None and cfg.one_version_after is not None
     if cfg.fusion == "dense":
-        order = d_top[:k]
-        return order.tolist(), dense[order].astype(np.float64), d_rank, l_rank
+        order = d_top[one_version_per_model(d_top, model_codes, cfg.one_version_after)] if collapse else d_top
+        order = order[:k]
+        return order.tolist(), dense[order].astype(np.float64), d_rank, l_rank, (1.0, 0.0)
     if cfg.fusion == "bm25":
-        order = l_top[:k]
-        return order.tolist(), lex[order].astype(np.float64), d_rank, l_rank
+        order = l_top[one_version_per_model(l_top, model_codes, cfg.one_version_after)] if collapse else l_top
+        order = order[:k]
+        return order.tolist(), lex[order].astype(np.float64), d_rank, l_rank, (0.0, 1.0)
     member = np.zeros(n, dtype=bool)
     member[d_top] = True
     member[l_top] = True
@@ -234,11 +319,21 @@ def fuse(
     fused = np.zeros(len(cand), dtype=np.float64)
     rd = d_rank[cand]
     rl = l_rank[cand]
-    fused[rd > 0] += cfg.dense_weight / (cfg.rrf_k + rd[rd > 0])
-    fused[rl > 0] += cfg.bm25_weight / (cfg.rrf_k + rl[rl > 0])
+    w_dense, w_bm25 = cfg.dense_weight, cfg.bm25_weight
+    if cfg.adaptive:
+        # Rows without a matching word score 0 for BM25 and count as such: one lone match is a peak.
+        lex_top = np.zeros(max(len(d_top), len(l_top)), dtype=np.float64)
+        lex_top[: len(l_top)] = lex[l_top]
+        m_dense, m_bm25 = confidence_weights(dense[d_top], lex_top, cfg.dense_confidence)
+        w_dense, w_bm25 = w_dense * m_dense, w_bm25 * m_bm25
+    fused[rd > 0] += w_dense / (cfg.rrf_k + rd[rd > 0])
+    fused[rl > 0] += w_bm25 / (cfg.bm25_rrf_k + rl[rl > 0])
     # Ties (same fused score) fall back to cosine, then row: deterministic and sensible.
-    pick = np.lexsort((cand, -dense[cand], -fused))[:k]
-    return cand[pick].tolist(), fused[pick], d_rank, l_rank
+    pick = np.lexsort((cand, -dense[cand], -fused))
+    if collapse:
+        pick = pick[one_version_per_model(cand[pick], model_codes, cfg.one_version_after)]
+    pick = pick[:k]
+    return cand[pick].tolist(), fused[pick], d_rank, l_rank, (w_dense, w_bm25)
 
 
 class Release:
@@ -284,6 +379,7 @@ class Release:
         self._con = None
         self._masks: dict[Filters, np.ndarray] = {}
         self._fields: dict[str, list[Any]] | None = None
+        self._model_codes: np.ndarray | None = None
 
     # -- components, built lazily ---------------------------------------------------------------
     def _check_embedder(self, embedder: QueryEmbedder) -> None:
@@ -335,6 +431,14 @@ class Release:
         if self._row_of is None:
             self._row_of = {aid: i for i, aid in enumerate(self.ids)}
         return self._row_of
+
+    @property
+    def model_codes(self) -> np.ndarray:
+        """An integer per row naming its model (``source:model`` of ``source:model@version``)."""
+        if self._model_codes is None:
+            keys = [str(a).rsplit("@", 1)[0] for a in self.ids]
+            self._model_codes = np.unique(np.asarray(keys, dtype=object), return_inverse=True)[1]
+        return self._model_codes
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -429,7 +533,9 @@ class Release:
         return out
 
     def _rank(self, dense: np.ndarray, lex: np.ndarray, mask: np.ndarray | None, k: int) -> list[Hit]:
-        order, fused, d_rank, l_rank = fuse(dense, lex, mask, k, self.config)
+        order, fused, d_rank, l_rank, (w_dense, w_bm25) = fuse(
+            dense, lex, mask, k, self.config, self.model_codes
+        )
         fields = self.fields(order)
         return [
             Hit(
@@ -441,6 +547,8 @@ class Release:
                 bm25_rank=int(l_rank[r]) or None,
                 row=r,
                 fields=fields[i],
+                dense_weight=round(float(w_dense), 6),
+                bm25_weight=round(float(w_bm25), 6),
             )
             for i, r in enumerate(order)
         ]

@@ -41,6 +41,8 @@ def hit_record(hit: Hit, rank: int) -> dict[str, Any]:
         "bm25": round(hit.bm25, 6),
         "dense_rank": hit.dense_rank,
         "bm25_rank": hit.bm25_rank,
+        "dense_weight": hit.dense_weight,
+        "bm25_weight": hit.bm25_weight,
     }
     rec.update(hit.fields)
     return _jsonable(rec)
