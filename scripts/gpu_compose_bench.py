@@ -361,6 +361,16 @@ def to_markdown(f: dict[str, Any], name: str) -> str:
         "+ max(0, fused gen − base gen), base gen being the median of the runs before the adapters are "
         "loaded and after they are unloaded; "
         "LLM latency excluded; '% incl. load' adds the one-time adapter load.",
+    ]
+    b4 = f.get("batch4") or {}
+    if b4.get("overhead_pct") is not None:
+        verdict = "met" if b4["overhead_pct"] <= 10 else "not met"
+        lines += [
+            "",
+            f"Target (issue 6): Stylus overhead ≤ 10 % of base generation at batch 4 — **{verdict}** "
+            f"({b4['overhead_pct']} %).",
+        ]
+    lines += [
         f"<!-- /bench:{name} -->",
     ]
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 One :class:`StylusGenerator` per process: the base pipeline is loaded once, every adapter at most once
 (``load_lora_weights(adapter_name=…)``); per mask ``set_adapters(names, weights)`` and, by default,
 ``fuse_lora`` for the batch (measured on an H100, BENCHMARKS.md ``compose-gpu``: 3 unfused rank-32
-adapters cost 1.79 s per batch of 4 at 512×512 / 25 steps, against 0.93 s fused and 0.87 s base). Seeds are explicit, one per image (CPU generators, so an image is the same
+adapters cost 1.8–2.5 s per batch of 4 at 512×512 / 25 steps, against 0.93–1.02 s fused and 0.87–1.10 s
+base over two runs). Seeds are explicit, one per image (CPU generators, so an image is the same
 on any device and in any batch grouping). An adapter that cannot be had or loaded is skipped with a reason
 and the generation goes on without it.
 
