@@ -237,3 +237,25 @@ def test_console_script_query_subprocess(docs: Path) -> None:
         check=True,
     )
     assert out.stdout.strip() == "False"
+
+
+def test_cli_query_every_version(tmp_path: Path, capsys) -> None:
+    """By default a model shows once past rank 10; --every-version lists all of its versions."""
+    from tests.release_fixture import sample_rows
+
+    rows = sample_rows()
+    dragon = next(r for r in rows if r["adapter_id"] == "civitai:102@1002")
+    for v in range(14):
+        vid = str(9000 + v)
+        rows.append(dict(dragon, adapter_id=f"civitai:102@{vid}", version_id=vid, content_hash=f"d{v}"))
+    docs = tmp_path / "docs"
+    write_release(docs, rows)
+    argv = ["query", "drgnfire dragon", "--docs", str(docs), "-k", "30", "--format", "json"]
+    argv.append("--include-nsfw")
+    assert main(argv) == 0
+    default = [h["adapter_id"] for h in json.loads(capsys.readouterr().out)]
+    assert main(argv + ["--every-version"]) == 0
+    every = [h["adapter_id"] for h in json.loads(capsys.readouterr().out)]
+    assert sum(a.startswith("civitai:102@") for a in every) == 15
+    assert sum(a.startswith("civitai:102@") for a in default) == 10  # the head only
+    assert all(not a.startswith("civitai:102@") for a in default[10:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -33,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--where", metavar="EXPR", help="extra SQL condition over the adapters columns")
     p.add_argument("--queries", metavar="FILE.jsonl", help='batch mode: one {"query": ...} per line')
     p.add_argument("--fusion", choices=("rrf", "dense", "bm25"), default="rrf", help="ranking (default rrf)")
+    p.add_argument(
+        "--every-version",
+        action="store_true",
+        help="keep every version of a model in the results (default: one per model past rank 10)",
+    )
     p.add_argument("--format", choices=("table", "json", "jsonl"), default="table", help="output format")
     p.set_defaults(func=run, accepts_extra=False)
     return p
@@ -80,7 +86,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise FatalError("--queries writes JSON lines: use --format jsonl")
     if args.queries is None and args.format == "jsonl":
         raise FatalError("--format jsonl is for batch mode (--queries FILE.jsonl)")
-    release = open_release(args.docs, config=SearchConfig(fusion=args.fusion))
+    config = SearchConfig(fusion=args.fusion)
+    if args.every_version:
+        config = dataclasses.replace(config, one_version_after=None)
+    release = open_release(args.docs, config=config)
     filters = _filters(args)
     out = sys.stdout
     if args.queries is None:
