@@ -63,16 +63,18 @@ def main() -> int:
     build = release.resolve_build(docs)
     manifest = release.load_manifest(build)
     rows = []
+    columns = ["title", "refined_description", "tags", "trigger_words", "example_prompts", "embedding"]
     for path in release.table_files(build, manifest, "adapters"):
-        rows.extend(
-            pq.read_table(path, columns=["title", "refined_description", "tags", "trigger_words"]).to_pylist()
-        )
+        rows.extend(pq.read_table(path, columns=columns).to_pylist())
     embedder = load_embedder("minilm")
     embed_cards(embedder, rows[:8])  # warm-up
     t0 = time.perf_counter()
     vecs = embed_cards(embedder, rows)  # exactly the vectors the build computes, without Beam
     pure_s = time.perf_counter() - t0
     assert vecs.shape == (len(rows), 384) and np.isfinite(vecs).all()
+    # Same texts, same views: the baseline must reproduce the build's own vectors (else it measures less).
+    built = np.asarray([r["embedding"] for r in rows], dtype=np.float32)
+    assert np.abs(vecs - built).max() < 1e-4, "pure embedding does not reproduce the build's vectors"
 
     items = [json.loads(line) for line in gzip.open(src, "rt", encoding="utf-8")]
     rng = random.Random(0)

@@ -128,7 +128,7 @@ def make_release(docs: Path, adapter_files: dict[str, Path], fillers: int) -> No
     from stylus_docs.embed import embed_cards
     from stylus_docs.query.encoder import NumpyMiniLM
 
-    class _Encoder:  # the build's two-view card vectors, computed with the query-side encoder
+    class _Encoder:  # the build's card vectors (embed_cards), computed with the query-side encoder
         embed = NumpyMiniLM().encode
 
     cards = [{"title": t, "refined_description": f"{t} adapter", "tags": tags, "trigger_words": [trig]}

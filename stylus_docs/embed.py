@@ -143,8 +143,8 @@ def embed_cards(embedder: Any, cards: Sequence[Any]) -> np.ndarray:
     none). Small sentence encoders average a long description into a vague vector; the short view keeps
     what the adapter *is*, and the example prompts say what people type to use it. Measured on the
     developer half of the real data (BENCHMARKS.md, ``retrieval``; dense only): Stylus-agreement
-    recall@150 0.842 (template) → 0.890 (+ name) → 0.902 (+ examples); creator-prompt recall@10
-    0.173 → 0.275 → 0.616.
+    recall@150 0.842 (template) → 0.890 (+ name) → 0.901 (+ examples); creator-prompt recall@10
+    0.173 → 0.275 → 0.620 (every version kept).
     """
 
     def get(card: Any, name: str, default: Any = None) -> Any:

@@ -218,7 +218,7 @@ def sample_rows(embed: bool = True) -> list[dict[str, Any]]:
         from stylus_docs.embed import embed_cards
         from stylus_docs.query.encoder import NumpyMiniLM
 
-        class _Encoder:  # the build's two-view card vectors, computed with the query-side encoder
+        class _Encoder:  # the build's card vectors (embed_cards), computed with the query-side encoder
             embed = NumpyMiniLM().encode
 
         vecs = embed_cards(_Encoder(), rows)
