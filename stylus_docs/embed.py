@@ -91,6 +91,8 @@ class EmbedderInfo:
         out = asdict(self)
         out["template"] = TEMPLATE
         out["name_template"] = NAME_TEMPLATE  # second view, summed with the first (embed_cards)
+        # third view: the example prompts, added at this weight to the normalized sum of the first two
+        out["examples"] = {"max_prompts": MAX_EXAMPLE_PROMPTS, "weight": EXAMPLES_WEIGHT}
         return out
 
 
