@@ -98,7 +98,8 @@ def load_manifest(build_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise FatalError(f"manifest {path} lacks {', '.join(missing)}")
     if manifest["schema_version"] != SCHEMA_VERSION:
         raise FatalError(
-            f"manifest {path} has schema_version {manifest['schema_version']!r}; this toolkit reads {SCHEMA_VERSION!r}"
+            f"manifest {path} has schema_version {manifest['schema_version']!r}; "
+            f"this toolkit reads {SCHEMA_VERSION!r}"
         )
     return manifest
 

@@ -12,7 +12,12 @@ import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 #: Environment variables whose values are secrets.
-SECRET_ENV_VARS: tuple[str, ...] = ("CIVITAI_API_TOKEN", "HF_TOKEN", "OPENAI_API_KEY", "HUGGING_FACE_HUB_TOKEN")
+SECRET_ENV_VARS: tuple[str, ...] = (
+    "CIVITAI_API_TOKEN",
+    "HF_TOKEN",
+    "OPENAI_API_KEY",
+    "HUGGING_FACE_HUB_TOKEN",
+)
 
 #: Query parameters that carry credentials in Civitai / HF / signed-storage URLs.
 _TOKEN_PARAMS = {"token", "api_key", "apikey", "access_token", "key"}
@@ -32,7 +37,8 @@ def strip_token_params(url: str) -> str:
     if not url or "?" not in url:
         return url
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() not in _TOKEN_PARAMS]
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in pairs if k.lower() not in _TOKEN_PARAMS]
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - API fixture literals read best one record field per line as the API sends it
 """Small hand-written raw items of every era and helpers to lay them out as crawl snapshots."""
 
 from __future__ import annotations

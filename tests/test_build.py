@@ -90,7 +90,8 @@ def test_round_trip_duckdb_and_pyarrow(sample_release: Path) -> None:
     assert (
         manifest["counts"]["images"]
         == con.execute(
-            f"select count(*) from read_parquet([{', '.join(repr(str(p)) for p in imgs)}]) where origin='example'"
+            f"select count(*) from read_parquet([{', '.join(repr(str(p)) for p in imgs)}]) "
+            "where origin='example'"
         ).fetchone()[0]
     )
 

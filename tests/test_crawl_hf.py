@@ -1,4 +1,5 @@
-"""Hugging Face crawl through the replay server: Link-header paging, cards, faults, both sources in one OUT."""
+"""Hugging Face crawl through the replay server: Link-header paging, cards, faults, both sources in one
+OUT."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import gzip
 import json
 from pathlib import Path
 
+from conftest import ROOT
+
 from stylus_docs.cli import main
 from stylus_docs.crawl.snapshot import iter_chunk_records
-
-from conftest import ROOT
 
 FAST = ["--backoff", "0.01", "--max-attempts", "8", "--no-progress", "--quiet"]
 

@@ -63,4 +63,4 @@ def test_atomic_files_get_ordinary_permissions(tmp_path: Path) -> None:
     target = tmp_path / "shard.bin"
     atomic.atomic_write_bytes(target, b"x")
     assert target.stat().st_mode & 0o777 == atomic.shared_file_mode()
-    assert atomic.shared_file_mode() & 0o044, "published files must be readable by others under a normal umask"
+    assert atomic.shared_file_mode() & 0o044, "published files must be readable by others (normal umask)"

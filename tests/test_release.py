@@ -1,4 +1,5 @@
-"""The release layout: publishing switches CURRENT atomically, readers follow it, pruning keeps the live build."""
+"""The release layout: publishing switches CURRENT atomically, readers follow it, pruning keeps the live
+build."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def test_table_files_follow_manifest_not_glob(tmp_path: Path) -> None:
     build = _make_build(tmp_path, "b1")
     (build / "adapters" / "part-00099-of-00100.parquet").write_bytes(b"stray")
     manifest = release.load_manifest(build)
-    assert [p.name for p in release.table_files(build, manifest, "adapters")] == ["part-00000-of-00001.parquet"]
+    names = [p.name for p in release.table_files(build, manifest, "adapters")]
+    assert names == ["part-00000-of-00001.parquet"]
 
 
 def test_verify_detects_a_flipped_byte(tmp_path: Path) -> None:

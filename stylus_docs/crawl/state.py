@@ -134,7 +134,8 @@ def read_failures(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
     ``out`` may be the crawl's OUT (every source is read) or one source's state directory.
     """
     root = Path(out)
-    paths = [root / "failures.jsonl"] if (root / "failures.jsonl").exists() else sorted(root.glob("*/failures.jsonl"))
+    single = root / "failures.jsonl"
+    paths = [single] if single.exists() else sorted(root.glob("*/failures.jsonl"))
     rows = []
     for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():
