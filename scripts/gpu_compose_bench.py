@@ -292,8 +292,7 @@ def run_bench(
         for _ in range(reps):
             unfused.append(gen._render_batch(PROMPT, weights, list(range(b)), st_unfused)[1]["generate_s"])
         results[b] = (fused, unfused)
-    pipe.unload_lora_weights()  # back to the pristine pipeline for the second base measurement
-    gen._names.clear()
+    gen.unload_adapters()  # back to the pristine pipeline for the second base measurement
     for b in batches:
         for _ in range(reps):
             base_after[b].append(gen._render_batch(PROMPT, {}, list(range(b)), settings[b])[1]["generate_s"])

@@ -39,6 +39,7 @@ def pack(sources: list[Path], out: Path) -> None:
     model = default_minilm_dir()
     tok = Tokenizer.from_file(str(model / "tokenizer.json"))
     text = "\n".join(p.read_text(encoding="utf-8") for p in sources)
+    # Ids below 1000 are BERT's special and [unusedN] tokens ([PAD], [CLS], [SEP], …): always kept.
     used = {i for line in text.splitlines() for i in tok.encode(line).ids} | set(range(0, 1000))
     weights = load_file(str(model / "model.safetensors"))
     keep = np.zeros(weights[WORD].shape[0], dtype=bool)

@@ -234,6 +234,12 @@ class StylusGenerator:
         self._load_s[adapter_id] = time.perf_counter() - t0
         return name
 
+    def unload_adapters(self) -> None:
+        """Take every loaded adapter out of the pipeline (a later render loads what it needs again)."""
+        self.pipe.unload_lora_weights()
+        self._names.clear()
+        self._load_s.clear()
+
     def _forget(self, name: str) -> None:
         # A failed load may leave half-injected layers behind; remove them so later renders are clean.
         try:
