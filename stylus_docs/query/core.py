@@ -270,7 +270,7 @@ def fuse(
     k: int,
     cfg: SearchConfig,
     model_codes: np.ndarray | None = None,
-) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
     """Rank rows from full dense and BM25 score vectors under a row mask.
 
     Args:

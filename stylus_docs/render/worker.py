@@ -181,7 +181,7 @@ class AdapterRenderer:
         name = f"adapter{self._serial}"
         pipe = self.pipe
         result = RenderResult("ok")
-        fused_layers: list[Any] = []
+        fused = False
         loaded = False
         try:
             t_load = time.perf_counter()
@@ -227,7 +227,7 @@ class AdapterRenderer:
 
             pipe.set_adapters([name], [weight])
             if cfg.fuse:
-                fused_layers = layers
+                fused = True
                 self._pristine.snapshot(pipe)
                 pipe.fuse_lora(adapter_names=[name], lora_scale=1.0)
             t_fused = time.perf_counter()
@@ -248,9 +248,9 @@ class AdapterRenderer:
             logger.warning("render failed for %s", adapter_id, exc_info=True)
             return RenderResult("render_failed", _error_text(exc))
         finally:
-            if loaded or fused_layers:
+            if loaded or fused:
                 t0 = time.perf_counter()
-                self._unload(fused_layers)
+                self._unload(fused)
                 self.timings["unload"] += time.perf_counter() - t0
             elif pipe.get_list_adapters():
                 pipe.unload_lora_weights()
@@ -278,9 +278,9 @@ class AdapterRenderer:
                 out.extend(images[i] for i in range(len(chunk)))
         return out
 
-    def _unload(self, fused_layers: list[Any]) -> None:
+    def _unload(self, fused: bool) -> None:
         pipe = self.pipe
-        if fused_layers:
+        if fused:
             # Not pipe.unfuse_lora(): subtracting the delta again leaves fp16 rounding error that would
             # accumulate over thousands of adapters; the resident copies put the weights back exactly.
             self._pristine.unfuse(pipe)
