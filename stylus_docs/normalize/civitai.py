@@ -288,8 +288,24 @@ def _version_card(model: dict[str, Any], version: dict[str, Any], model_text: st
 def normalize_model(item: Any) -> list[AdapterCard]:
     """One ``/api/v1/models`` item (any era) → one card per model version.
 
+    Versions that cannot be normalized are left out; the build uses :func:`normalize_model_entries`,
+    which reports each of them.
+
     Raises:
-        SkipRecord: the item is not a model object or has no usable versions.
+        SkipRecord: the item is not a model object or has no versions list.
+    """
+    return [e for e in normalize_model_entries(item) if isinstance(e, AdapterCard)]
+
+
+def normalize_model_entries(item: Any) -> list[AdapterCard | SkipRecord]:
+    """One ``/api/v1/models`` item → one entry per element of ``modelVersions``, in order.
+
+    Each entry is the version's card or the :class:`SkipRecord` saying why that version is unusable
+    (``modelVersions: [null, 7, "s"]`` gives three skips), so every version is accounted for and a bad
+    sibling never takes the good versions down with it.
+
+    Raises:
+        SkipRecord: the item is not a model object, has no id or no (non-empty) versions list.
     """
     if not isinstance(item, dict):
         raise SkipRecord("not_an_object", type(item).__name__)
@@ -297,11 +313,24 @@ def normalize_model(item: Any) -> list[AdapterCard]:
         raise SkipRecord("missing_id", "model item without id")
     versions = item.get("modelVersions")
     if not isinstance(versions, list):
-        raise SkipRecord("missing_versions", f"model {item.get('id')}")
+        raise SkipRecord("missing_versions", f"model {item.get('id')!r}")
     if not versions:
-        raise SkipRecord("no_versions", f"model {item.get('id')}")
+        raise SkipRecord("no_versions", f"model {item.get('id')!r}")
     text = html_to_text(item.get("description") if isinstance(item.get("description"), str) else None)
-    return [_version_card(item, v, text) for v in versions if isinstance(v, dict)]
+    out: list[AdapterCard | SkipRecord] = []
+    for index, version in enumerate(versions):
+        where = f"model {item.get('id')!r} modelVersions[{index}]"
+        if not isinstance(version, dict):
+            out.append(SkipRecord("malformed_version", f"{where} is {type(version).__name__}, not an object"))
+            continue
+        try:
+            out.append(_version_card(item, version, text))
+        except SkipRecord as exc:
+            out.append(exc)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            # Documented boundary: a version shape no era rule foresaw is one bad version.
+            out.append(SkipRecord("malformed_version", f"{where}: {type(exc).__name__}: {exc}"))
+    return out
 
 
 def normalize_version(detail: Any) -> AdapterCard:

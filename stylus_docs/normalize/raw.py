@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
 import zlib
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stylus_docs import safe_json
 from stylus_docs.errors import FatalError
 
 #: Record kinds.
@@ -117,7 +117,10 @@ def sniff(payload: Any) -> str:
 def read_records(raw: RawFile) -> Iterator[RawRecord]:
     """Yield every line of ``raw`` as a :class:`RawRecord`; bad JSON becomes a record with ``error``.
 
-    A truncated gzip stream (an interrupted copy) yields one final error record instead of raising.
+    Lines are parsed strictly (:func:`stylus_docs.safe_json.loads`): invalid JSON, nesting deeper than
+    :data:`~stylus_docs.safe_json.MAX_DEPTH`, non-finite numbers and lone surrogates each become an error
+    record with that reason, so one hostile line is one dead letter. A truncated gzip stream (an
+    interrupted copy) yields one final error record instead of raising.
     """
     opener = gzip.open if raw.path.endswith(".gz") else open
     line_no = 0
@@ -127,9 +130,9 @@ def read_records(raw: RawFile) -> Iterator[RawRecord]:
                 if not line.strip():
                     continue
                 try:
-                    payload = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    yield RawRecord(raw.kind or UNKNOWN, None, raw.path, line_no, f"bad_json: {exc}")
+                    payload = safe_json.loads(line)
+                except safe_json.UnsafeJSON as exc:
+                    yield RawRecord(raw.kind or UNKNOWN, None, raw.path, line_no, str(exc))
                     continue
                 kind = raw.kind or sniff(payload)
                 yield RawRecord(
