@@ -524,20 +524,14 @@ def release_cards(
     Raises:
         FatalError: no release, or an id that is not in it.
     """
-    import pyarrow.parquet as pq
-
-    from stylus_docs.release import load_manifest, resolve_build, table_files
+    from stylus_docs.release import load_manifest, read_table, resolve_build
 
     build = resolve_build(docs)
     manifest = load_manifest(build)
     columns = ["adapter_id", "download_url", "sha256", "file_name", "file_size_kb"]
     wanted = set(adapter_ids or [])
-    cards: list[dict[str, Any]] = []
-    for path in table_files(build, manifest, "adapters"):
-        for row in pq.read_table(path, columns=columns).to_pylist():
-            if wanted and row["adapter_id"] not in wanted:
-                continue
-            cards.append(row)
+    rows = read_table(build, manifest, "adapters", columns).to_pylist()
+    cards = [row for row in rows if not wanted or row["adapter_id"] in wanted]
     if wanted:
         missing = sorted(wanted - {c["adapter_id"] for c in cards})
         if missing:

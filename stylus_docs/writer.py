@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import zlib
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from stylus_docs import release
 from stylus_docs.atomic import atomic_open, atomic_write_text
 from stylus_docs.errors import FatalError
-from stylus_docs.schemas import arrow_schema, validation_errors
+from stylus_docs.schemas import TABLES, arrow_schema, load_schema, validation_errors
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,80 @@ def _timestamp(value: Any) -> datetime | None:
         return value
     stamp = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+_INT_RANGE = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+_FLOAT_MAX = {"float32": float(np.finfo(np.float32).max), "float64": float(np.finfo(np.float64).max)}
+
+
+def _value_problem(spec: str, value: Any, dim: int | None) -> str | None:
+    """Why ``value`` cannot be stored in a column of x-arrow type ``spec`` (None when it can)."""
+    if spec in _INT_RANGE:
+        lo, hi = _INT_RANGE[spec]
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{type(value).__name__} is not an integer"
+        return None if lo <= value <= hi else f"{value} is out of {spec} range"
+    if spec in _FLOAT_MAX:
+        if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
+            return f"{type(value).__name__} is not a number"
+        if not math.isfinite(value) or abs(value) > _FLOAT_MAX[spec]:
+            return f"{value!r} is not a finite {spec}"
+        return None
+    if spec == "string":
+        if not isinstance(value, str):
+            return f"{type(value).__name__} is not a string"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text is not valid Unicode (lone surrogate)"
+        return None
+    if spec == "bool":
+        return None if isinstance(value, bool) else f"{type(value).__name__} is not a boolean"
+    if spec.startswith("timestamp"):
+        try:
+            _timestamp(value)
+        except (TypeError, ValueError) as exc:
+            return f"not a timestamp ({exc})"
+        return None
+    if spec.startswith("list<"):
+        if not isinstance(value, list | tuple):
+            return f"{type(value).__name__} is not a list"
+        inner = spec[5:-1]
+        return next((p for p in (_value_problem(inner, v, dim) for v in value) if p), None)
+    if spec.startswith("fixed_size_list<"):
+        try:
+            vec = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            return "not a numeric vector"
+        if vec.ndim != 1 or (dim is not None and vec.shape[0] != dim):
+            return f"vector of shape {vec.shape}, expected ({dim},)"
+        return None if bool(np.isfinite(vec).all()) else "vector holds a non-finite value"
+    return None
+
+
+def row_problem(table: str, row: dict[str, Any], dim: int | None = None) -> str | None:
+    """The first reason ``row`` would not fit ``table``'s schema, or None.
+
+    Checked per row before writing, so one bad record becomes a dead letter instead of failing the
+    whole shard write (and the build): wrong types, integers out of range, non-finite numbers (NaN is a
+    schema violation everywhere), text that is not valid Unicode, a missing required value, a column the
+    schema does not have.
+    """
+    schema = load_schema(TABLES[table])
+    props, required = schema["properties"], set(schema.get("required", ()))
+    for name in row:
+        if name not in props:
+            return f"column {name!r} is not in {TABLES[table]}"
+    for name, prop in props.items():
+        value = row.get(name)
+        if value is None:
+            if name in required and "null" not in (prop.get("type") or []):
+                return f"column {name!r} is required"
+            continue
+        problem = _value_problem(prop["x-arrow"], value, dim)
+        if problem:
+            return f"column {name!r}: {problem}"
+    return None
 
 
 def rows_to_table(table: str, rows: list[dict[str, Any]], dim: int | None = None) -> pa.Table:
@@ -165,7 +240,7 @@ def read_previous(docs_old: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     build_dir = release.resolve_build(docs_old)
     manifest = release.load_manifest(build_dir)
     for path in release.table_files(build_dir, manifest, "adapters"):
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(path, **release.PARQUET_READ_OPTIONS)
         names = [c for c in REUSE_COLUMNS if c in parquet.schema_arrow.names]
         for batch in parquet.iter_batches(columns=names, batch_size=4096):
             cols = {name: batch.column(name) for name in names}

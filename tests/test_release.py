@@ -22,8 +22,11 @@ def _make_build(docs: Path, build_id: str, rows: int = 1) -> Path:
         "schema_version": release.SCHEMA_VERSION,
         "build_id": build_id,
         "created_at": "2026-01-01T00:00:00Z",
-        "embedder": {"name": "minilm", "dim": 384, "normalized": True},
-        "counts": {"input": rows, "written": rows, "filtered": {}, "dead_letter": {}},
+        "inputs": [],
+        "refiner": {"name": "extractive", "version": "v1"},
+        "embedder": {"name": "minilm", "model": "all-MiniLM-L6-v2", "dim": 384, "normalized": True},
+        "counts": {"input": rows, "written": rows, "filtered": {}, "dead_letter": {}, "reused": 0,
+                   "refined": rows, "embedded": rows},
         "files": [
             {
                 "table": "adapters",

@@ -14,7 +14,7 @@ from typing import Any
 
 from stylus_docs.compose.types import Candidate, ComposeSettings
 from stylus_docs.errors import FatalError
-from stylus_docs.release import load_manifest, resolve_build, table_files
+from stylus_docs.release import load_manifest, read_table, resolve_build
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +66,11 @@ class CardTable:
     """
 
     def __init__(self, build_dir: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
-        import pyarrow.parquet as pq
-
         self.build_dir = Path(build_dir)
-        files = table_files(build_dir, manifest, "adapters")
-        if not files:
-            raise FatalError(f"release {build_dir} lists no adapters files")
-        rows: dict[str, dict[str, Any]] = {}
-        for path in files:
-            schema = pq.read_schema(path)
-            cols = [c for c in CARD_COLUMNS if c in schema.names]
-            if "adapter_id" not in cols:
-                raise FatalError(f"{path} has no adapter_id column")
-            for row in pq.read_table(path, columns=cols).to_pylist():
-                rows[row["adapter_id"]] = row
-        self.rows = rows
+        table = read_table(build_dir, manifest, "adapters", list(CARD_COLUMNS))
+        if "adapter_id" not in table.column_names:
+            raise FatalError(f"release {build_dir} has no adapter_id column")
+        self.rows: dict[str, dict[str, Any]] = {row["adapter_id"]: row for row in table.to_pylist()}
 
     def get(self, adapter_id: str) -> dict[str, Any] | None:
         """The card row of ``adapter_id`` (None when the release does not have it)."""

@@ -18,13 +18,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from stylus_docs.errors import FatalError
 from stylus_docs.query import sandbox
 from stylus_docs.query.encoder import QueryEmbedder, canonical_model_name, load_query_embedder
 from stylus_docs.query.lexical import TEXT_COLUMNS, LexicalIndex, document_text
-from stylus_docs.release import load_manifest, resolve_build, table_files
+from stylus_docs.release import load_manifest, read_table, resolve_build, table_files
 
 log = logging.getLogger(__name__)
 
@@ -365,13 +364,10 @@ class Release:
         self.files = table_files(build_dir, manifest, "adapters")
         if not self.files:
             raise FatalError(f"release {build_dir} lists no adapters files")
-        missing = [str(p) for p in self.files if not p.is_file()]
-        if missing:
-            raise FatalError(f"release {build_dir} is missing {missing[0]}")
         if embedder is not None:
             self._check_embedder(embedder)
         self._embedder = embedder
-        table = pq.read_table(self.files, columns=["adapter_id", "embedding"])
+        table = read_table(build_dir, manifest, "adapters", ["adapter_id", "embedding"], files=self.files)
         self.ids: np.ndarray = np.asarray(table.column("adapter_id").to_pylist(), dtype=object)
         self.embeddings: np.ndarray = _embedding_matrix(table.column("embedding"), self.dim)
         self._row_of: dict[str, int] | None = None
@@ -413,9 +409,7 @@ class Release:
         return self._lexical
 
     def _documents(self) -> list[str]:
-        schema = pq.read_schema(self.files[0])
-        cols = [c for c in TEXT_COLUMNS if c in schema.names]
-        table = pq.read_table(self.files, columns=cols)
+        table = read_table(self.build_dir, self.manifest, "adapters", list(TEXT_COLUMNS), files=self.files)
         return [document_text(row) for row in table.to_pylist()]
 
     @property
@@ -557,10 +551,8 @@ class Release:
         """Display metadata (:data:`HIT_COLUMNS`) of ``rows``."""
         if self._fields is None:
             # Columns as Python lists once (a few MB at 75K rows): per-hit lookups then cost ~nothing.
-            schema = pq.read_schema(self.files[0])
-            cols = [c for c in HIT_COLUMNS if c in schema.names]
-            table = pq.read_table(self.files, columns=cols)
-            self._fields = {c: table.column(c).to_pylist() for c in cols}
+            table = read_table(self.build_dir, self.manifest, "adapters", list(HIT_COLUMNS), files=self.files)
+            self._fields = {c: table.column(c).to_pylist() for c in table.column_names}
         return [{c: values[r] for c, values in self._fields.items()} for r in rows]
 
     def sql(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
