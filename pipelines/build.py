@@ -73,6 +73,8 @@ class BuildConfig:
         keep: builds kept by retention (the live one always stays).
         embed_batch: texts per embedding batch inside the pipeline.
         render: run the optional GPU render stage (``stylus_docs.render``).
+        max_dead_letter_fraction: a build with more dead letters than this fraction of its input records
+            is not published (a bad key or a dead endpoint must not replace a good release).
     """
 
     raw: list[str]
@@ -95,6 +97,7 @@ class BuildConfig:
     render_cache: str | None = None
     build_id: str | None = None
     progress: bool | None = None
+    max_dead_letter_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.refiner not in ("extractive", "openai"):
@@ -105,6 +108,8 @@ class BuildConfig:
             raise FatalError("--keep must be at least 1")
         if self.embed_batch < 1:
             raise FatalError("--embed-batch must be at least 1")
+        if not 0.0 <= self.max_dead_letter_fraction <= 1.0:
+            raise FatalError("--max-dead-letter-fraction must be between 0 and 1")
         if self.refiner == "openai" and not self.refiner_model:
             self.refiner_model = os.environ.get("OPENAI_REFINER_MODEL") or "gpt-4o-mini"
         if self.render and not self.render_pipeline:
@@ -150,9 +155,14 @@ class NormalizeFn(beam.DoFn):
             yield _event("input")
             yield _dead("read", reason, rec.origin, rec.error, os.path.basename(rec.source))
             return
+        source = os.path.basename(rec.source)
         try:
             if rec.kind == CIVITAI_MODEL:
-                cards = civitai.normalize_model(rec.payload)
+                entries = civitai.normalize_model_entries(rec.payload)
+                cards = [e for e in entries if isinstance(e, AdapterCard)]
+                for skip in (e for e in entries if isinstance(e, SkipRecord)):
+                    yield _event("input")
+                    yield _dead("normalize", skip.reason, rec.origin, skip.detail, source)
                 tag = "card"
             elif rec.kind == CIVITAI_VERSION:
                 cards = [civitai.normalize_version(rec.payload)]
@@ -164,14 +174,13 @@ class NormalizeFn(beam.DoFn):
                 raise SkipRecord("unknown_record", rec.kind)
         except SkipRecord as exc:
             yield _event("input")
-            yield _dead("normalize", exc.reason, rec.origin, exc.detail, os.path.basename(rec.source))
+            yield _dead("normalize", exc.reason, rec.origin, exc.detail, source)
             return
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
             # Documented boundary: an item shape no era rule foresaw is one bad record, not a crash.
             logger.debug("normalize failed for %s", rec.origin, exc_info=True)
             yield _event("input")
-            yield _dead("normalize", "malformed_record", rec.origin, f"{type(exc).__name__}: {exc}",
-                        os.path.basename(rec.source))  # fmt: skip
+            yield _dead("normalize", "malformed_record", rec.origin, f"{type(exc).__name__}: {exc}", source)
             return
         Metrics.counter(NS, f"normalized_{tag}").inc(len(cards))
         for card in cards:
@@ -190,13 +199,18 @@ class MergeVersionsFn(beam.DoFn):
         else:
             base, dupes = details[0], []
             details = details[1:]
-        for detail in details:
-            base = civitai.merge_detail(base, detail)
         yield _event("input", 1 + len(dupes))
         for _ in dupes:
             Metrics.counter(NS, "filtered_duplicate").inc()
             yield TaggedOutput(FILTERED, "duplicate")
-        base.compute_content_hash()
+        try:
+            for detail in details:
+                base = civitai.merge_detail(base, detail)
+            base.compute_content_hash()
+        except (TypeError, ValueError, AttributeError, RecursionError) as exc:
+            # Documented boundary: the merged card is one bad record (e.g. text that cannot be encoded).
+            yield _dead("merge", "malformed_record", adapter_id, f"{type(exc).__name__}: {exc}")
+            return
         yield base
 
 
@@ -479,9 +493,21 @@ class _ProgressFn(beam.DoFn):
         self.bar.close()
 
 
-def _to_rows(card: AdapterCard) -> Iterator[Any]:
+def _to_rows(card: AdapterCard, dim: int) -> Iterator[Any]:
+    """Card → adapters row (main) and its image rows; a row that does not fit the schema → dead letter.
+
+    Checked here, per record, because the shard writer converts a whole shard at once: one NaN weight or
+    out-of-range count would otherwise fail the write of every adapter in the shard.
+    """
     row = card.to_row()
-    yield TaggedOutput("images", [img.to_row() for img in card.images])
+    images = [img.to_row() for img in card.images]
+    problem = writer.row_problem("adapters", row, dim) or next(
+        (f"image {img['image_id']}: {p}" for img in images if (p := writer.row_problem("images", img))), None
+    )
+    if problem is not None:
+        yield _dead("write", "schema_violation", card.adapter_id, problem)
+        return
+    yield TaggedOutput("images", images)
     yield row
 
 
@@ -526,7 +552,7 @@ def build_pipeline(p: beam.Pipeline, config: BuildConfig, files: list[RawFile], 
     merged = (
         norm.cards
         | "MergeVersions/Group" >> beam.GroupByKey()
-        | "MergeVersions" >> beam.ParDo(MergeVersionsFn()).with_outputs(FILTERED, EVENTS, main="cards")
+        | "MergeVersions" >> beam.ParDo(MergeVersionsFn()).with_outputs(FILTERED, EVENTS, DEAD, main="cards")
     )
     kept = merged.cards | "Filter" >> beam.ParDo(FilterFn(config.filters)).with_outputs(
         FILTERED, EVENTS, main="cards"
@@ -568,7 +594,7 @@ def build_pipeline(p: beam.Pipeline, config: BuildConfig, files: list[RawFile], 
     final = (reuse.done, embedded.cards) | "Complete" >> beam.Flatten()
     if progress:
         final = final | "Progress" >> beam.ParDo(_ProgressFn("adapters"))
-    rows = final | "ToRows" >> beam.FlatMap(_to_rows).with_outputs("images", main="adapters")
+    rows = final | "ToRows" >> beam.FlatMap(_to_rows, info.dim).with_outputs("images", DEAD, main="adapters")
     adapter_rows, image_rows = rows.adapters, rows.images | "FlattenImages" >> beam.FlatMap(lambda x: x)
     dead_render: list[Any] = []
     if config.render:
@@ -580,7 +606,9 @@ def build_pipeline(p: beam.Pipeline, config: BuildConfig, files: list[RawFile], 
         "adapters", str(build_dir), config.shards, info.dim
     )
     image_files = image_rows | "WriteImages" >> WriteShards("images", str(build_dir), config.shards, None)
-    dead = [norm[DEAD], refined[DEAD], embedded[DEAD], *dead_render] | "DeadLetters" >> beam.Flatten()
+    dead = [norm[DEAD], merged[DEAD], refined[DEAD], embedded[DEAD], rows[DEAD], *dead_render] | (
+        "DeadLetters" >> beam.Flatten()
+    )
     dead_file = (
         dead
         | "DeadKey" >> beam.Map(lambda d: (0, d))
@@ -688,6 +716,40 @@ def _counts(stats: dict[str, int], files: list[dict[str, Any]]) -> dict[str, Any
     }
 
 
+#: Dead-letter reasons that mean the configuration is wrong, not the record: one is enough to refuse.
+FATAL_REASONS = {"unauthorized": "the refiner endpoint refused the credentials (check OPENAI_API_KEY)"}
+
+
+def check_publishable(counts: dict[str, Any], max_dead_fraction: float) -> None:
+    """Refuse to publish a build that is empty or mostly failures.
+
+    A bad key or a dead endpoint turns every record into a dead letter; publishing that would replace a
+    good live release with an empty one (and ``query`` on it has nothing to search).
+
+    Raises:
+        FatalError: no input, a fatal dead-letter reason, dead letters above ``max_dead_fraction`` of the
+            input, or no adapter written.
+    """
+    dead = counts["dead_letter"]
+    for reason, message in FATAL_REASONS.items():
+        if dead.get(reason):
+            raise FatalError(f"{message}: {dead[reason]} records failed with {reason!r}; nothing published")
+    if counts["input"] == 0:
+        raise FatalError("the --raw input holds no records; nothing published")
+    n_dead = sum(dead.values())
+    if n_dead > max_dead_fraction * counts["input"]:
+        top = ", ".join(f"{r} {n}" for r, n in sorted(dead.items(), key=lambda kv: -kv[1])[:3])
+        raise FatalError(
+            f"{n_dead} of {counts['input']} records are dead letters ({top}), more than "
+            f"--max-dead-letter-fraction {max_dead_fraction:g}; nothing published"
+        )
+    if counts["written"] == 0:
+        raise FatalError(
+            f"no adapter was written ({counts['input']} input records, filtered "
+            f"{json.dumps(counts['filtered'], sort_keys=True)}); nothing published"
+        )
+
+
 def run_build(
     config: BuildConfig, beam_args: Sequence[str] = (), runner: str | None = None
 ) -> dict[str, Any]:
@@ -706,11 +768,20 @@ def run_build(
         docs.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FatalError(f"cannot create release root {docs}: {exc.strerror}") from exc
+    with release.build_lock(docs):
+        return _run_locked(config, files, info, docs, beam_args, runner)
+
+
+def _run_locked(config: BuildConfig, files: list[RawFile], info: EmbedderInfo, docs: Path,
+                beam_args: Sequence[str], runner: str | None) -> dict[str, Any]:  # fmt: skip
     build_id = config.build_id or release.new_build_id()
     build_dir = release.build_path(docs, build_id)
     if build_dir.exists():
         raise FatalError(f"build {build_id} already exists in {docs}")
-    build_dir.mkdir(parents=True)
+    try:
+        build_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise FatalError(f"cannot write into release root {docs}: {exc.strerror}") from exc
     progress = config.progress if config.progress is not None else sys.stderr.isatty()
     options = make_pipeline_options(beam_args, runner)
     started = time.time()
@@ -722,6 +793,8 @@ def run_build(
         stats = dict(json.loads((build_dir / ".stats.json").read_text()))
         file_list = json.loads((build_dir / ".files.json").read_text())
         file_list.sort(key=lambda f: (["adapters", "images", "dead_letter"].index(f["table"]), f["path"]))
+        counts = _counts(stats, file_list)
+        check_publishable(counts, config.max_dead_letter_fraction)
         manifest = {
             "schema_version": release.SCHEMA_VERSION,
             "build_id": build_id,
@@ -731,7 +804,7 @@ def run_build(
             "refiner": config.refiner_manifest(),
             "embedder": info.to_manifest(),
             "filters": config.filters.describe(),
-            "counts": _counts(stats, file_list),
+            "counts": counts,
             "files": file_list,
             "wall_s": round(time.time() - started, 3),
         }
@@ -816,6 +889,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="adapter weights cache for --render (default DOCS/cache/weights)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    parser.add_argument(
+        "--max-dead-letter-fraction",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="refuse to publish when more than this fraction of the input records are dead letters "
+        "(default 0.5)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
@@ -837,6 +918,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         render_pipeline=args.render_pipeline,
         render_device=args.render_device, render_prompts=args.render_prompts,
         render_cache=args.render_cache, progress=False if args.no_progress else None,
+        max_dead_letter_fraction=args.max_dead_letter_fraction,
     )  # fmt: skip
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import os
 import re
@@ -29,6 +28,7 @@ from typing import Any
 import requests
 from apache_beam.ml.inference.base import PredictionResult, RemoteModelHandler
 
+from stylus_docs import safe_json
 from stylus_docs.errors import FatalError
 from stylus_docs.records import AdapterCard, Refinement
 from stylus_docs.schemas import load_schema, validation_errors
@@ -41,6 +41,11 @@ OPENAI_REFINER_NAME = "openai"
 OPENAI_REFINER_VERSION = "v1"
 PROMPT_FILE = "refine_v1.md"
 _IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+#: Outcome reason of a request the endpoint refused for its credentials (401/403); fatal for a build.
+UNAUTHORIZED = "unauthorized"
+#: Longest answer parsed. ``max_tokens`` bounds an honest server; this bounds any other (the JSON
+#: asked for is a few hundred characters).
+MAX_ANSWER_CHARS = 64 * 1024
 
 
 def load_prompt(name: str = PROMPT_FILE) -> str:
@@ -206,8 +211,10 @@ def parse_answer(text: str | None) -> tuple[dict[str, Any] | None, str | None]:
         candidates.append(text[text.index("{") : text.rindex("}") + 1])
     for cand in candidates:
         try:
-            obj = json.loads(cand)
-        except json.JSONDecodeError:
+            obj = safe_json.loads(cand)
+        except safe_json.UnsafeJSON as exc:
+            if exc.reason == "non_finite_number":
+                return None, "schema_violation"  # NaN/Infinity: valid to Python, never to the schema
             continue
         if not isinstance(obj, dict):
             continue
@@ -238,6 +245,9 @@ class OpenAIRefineHandler(RemoteModelHandler[RefineRequest, PredictionResult, An
         self.config = config
         self.system_prompt = system_prompt or load_prompt()
         self._use_rf = config.use_response_format
+        # Set on the first 401/403: the key is bad for every request, so the rest are not sent at all.
+        # The build refuses to publish when any answer is "unauthorized" (exit 2).
+        self._auth_failure: str | None = None
 
     def create_client(self) -> Any:
         import openai
@@ -310,15 +320,23 @@ class OpenAIRefineHandler(RemoteModelHandler[RefineRequest, PredictionResult, An
     def _one(self, client: Any, req: RefineRequest) -> RefineOutcome:
         import openai
 
+        if self._auth_failure is not None:
+            return RefineOutcome(req.adapter_id, req.content_hash, None, UNAUTHORIZED, self._auth_failure)
         reason, detail = "invalid_json", None
         for _ in range(self.config.validation_attempts):
             try:
                 text = self._chat(client, req)
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+                self._auth_failure = f"HTTP {exc.status_code} from the endpoint: check OPENAI_API_KEY"
+                return RefineOutcome(req.adapter_id, req.content_hash, None, UNAUTHORIZED, self._auth_failure)
             except openai.APIStatusError as exc:
                 if _retryable(exc):
                     raise
                 return RefineOutcome(req.adapter_id, req.content_hash, None, f"http_{exc.status_code}",
                                      redact(str(exc.message))[:300])  # fmt: skip
+            if text is not None and len(text) > MAX_ANSWER_CHARS:
+                reason, detail = "answer_too_large", f"{len(text)} characters"
+                continue
             obj, reason = parse_answer(text)
             if obj is not None:
                 ref = Refinement(
