@@ -14,8 +14,9 @@ thread pool. Every durable step is in :mod:`stylus_docs.crawl` (plain Python); t
 which is what makes a killed run resumable under any runner: state lives in ``OUT``, not in Beam.
 Request counters travel as Beam metrics (namespace ``crawl``) into the summary.
 
-Run: ``python -m pipelines.crawl civitai --out OUT [app flags] [-- beam flags]``; unknown flags are
-passed to Beam (``--runner``, ``--direct_num_workers``…). Default runner: the in-process FnApiRunner.
+Run: ``python -m pipelines.crawl civitai --out OUT [app flags] [-- beam flags]``; only flags after
+``--`` go to Beam (``--runner``, ``--direct_num_workers``…); an unknown flag before it is an error.
+Default runner: the in-process FnApiRunner.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
-from stylus_docs.beam_options import make_pipeline_options
+from stylus_docs.beam_options import make_pipeline_options, split_beam_args
 from stylus_docs.crawl.engine import (
     CivitaiCrawler,
     CrawlConfig,
@@ -323,12 +324,13 @@ def run_config(cfg: CrawlConfig, beam_args: Sequence[str] = (), quiet: bool = Fa
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Entry point: app flags (see :func:`add_arguments`) and Beam flags, split by parse_known_args."""
+    """Entry point: app flags (see :func:`add_arguments`), then Beam flags after ``--``."""
     parser = argparse.ArgumentParser(prog="pipelines.crawl", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    args, beam_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    own, beam_args = split_beam_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(own)
     cfg = config_from_args(args)
-    return run_config(cfg, [a for a in beam_args if a != "--"], quiet=args.quiet)
+    return run_config(cfg, beam_args, quiet=args.quiet)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,6 +22,20 @@ _ALIASES = {
 }
 
 
+def split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split a command line at the first ``--``: the toolkit's own flags, then Beam pipeline options.
+
+    Only what follows ``--`` goes to Beam. The toolkit's parsers then use ``parse_args`` (not
+    ``parse_known_args``), so a mistyped flag such as ``--max-dead-leter-fraction`` is an error instead
+    of being handed to Beam and silently ignored.
+    """
+    args = list(argv)
+    if "--" not in args:
+        return args, []
+    cut = args.index("--")
+    return args[:cut], args[cut + 1 :]
+
+
 def resolve_runner(name: str | None) -> str:
     """Map a user's runner name to what Beam expects; ``None``/"direct" → the in-process runner."""
     if not name:

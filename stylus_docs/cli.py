@@ -42,6 +42,14 @@ def _wanted_command(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
+    # Same rule as stylus_docs.beam_options.split_beam_args, without importing Beam for every command.
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """Build the top-level parser; with ``only`` set, import just that subcommand's module."""
     parser = argparse.ArgumentParser(prog="stylus-docs", description=__doc__.splitlines()[0])
@@ -89,13 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _configure_logging()
     parser = build_parser(only=_wanted_command(argv))
-    # Unknown flags after ``--`` are Beam pipeline options; the subcommand decides whether it takes them.
-    if "--" in argv:
-        cut = argv.index("--")
-        args = parser.parse_args(argv[:cut])
-        extra = argv[cut + 1 :]
-    else:
-        args, extra = parser.parse_known_args(argv)
+    # Only what follows ``--`` is extra (Beam pipeline options); an unknown flag before it is an error.
+    own, extra = _split_extra(argv)
+    args = parser.parse_args(own)
     logging.getLogger().setLevel(logging.WARNING - 10 * min(args.verbose, 2))
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

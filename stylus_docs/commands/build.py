@@ -1,6 +1,7 @@
 """``stylus-docs build``: raw snapshots → a published StylusDocs release.
 
-Flags after ``--`` (and unknown ``--flags``) are Beam pipeline options, e.g.
+Flags after ``--`` (and only those) are Beam pipeline options; an unknown flag before ``--`` is an
+error. E.g.
 ``stylus-docs build --raw crawl/ --out docs/ -- --direct_num_workers=2``.
 """
 
