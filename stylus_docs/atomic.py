@@ -53,3 +53,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def writable_dir(path: str | os.PathLike[str], flag: str) -> Path:
+    """Create ``path`` (and parents) if needed and check it can be written; return it.
+
+    Called before any long work, so a typo in ``--out`` / ``--cache`` is one line up front rather than a
+    traceback after an hour of downloads or denoising.
+
+    Raises:
+        FatalError: naming the flag and the OS reason.
+    """
+    from stylus_docs.errors import FatalError
+
+    target = Path(path)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=target, prefix=".write-probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise FatalError(f"{flag} {target}: not a writable directory ({exc.strerror or exc})") from None
+    return target

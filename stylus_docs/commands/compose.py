@@ -79,6 +79,20 @@ def cache_dir_from_args(args: argparse.Namespace) -> Path | None:
     return args.cache_dir or default_cache_dir()
 
 
+def check_output_flags(args: argparse.Namespace) -> None:
+    """Fail in one line, before any work, when ``--out`` or ``--cache-dir`` cannot be written."""
+    from stylus_docs.atomic import writable_dir
+
+    out = getattr(args, "out", None)
+    if out is not None and getattr(args, "format", None) is not None:  # compose: --out is a file
+        if Path(out).is_dir():
+            raise FatalError(f"--out {out}: is a directory; give a file name")
+        writable_dir(Path(out).parent if str(Path(out).parent) else Path("."), "--out")
+    cache = cache_dir_from_args(args)
+    if cache is not None:
+        writable_dir(cache, "--cache-dir")
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``compose`` parser."""
     parser = subparsers.add_parser("compose", help="pick adapters for a prompt (the Stylus composer)")
@@ -121,6 +135,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     if not args.text.strip():
         raise FatalError("the prompt is empty")
+    check_output_flags(args)
     composer = Composer(args.docs, settings_from_args(args), cache_dir=cache_dir_from_args(args))
     result = composer.compose(args.text)
     text = json.dumps(result, ensure_ascii=False, indent=2)

@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def handle(args: argparse.Namespace, extra: list[str]) -> int:
     """Fetch, print one line per adapter and a summary; 0 when all succeeded, 1 otherwise."""
+    from stylus_docs.atomic import writable_dir
     from stylus_docs.download import AdapterCache, DownloadConfig, fetch_all, release_cards
 
     if args.limit is not None and args.limit < 0:
@@ -43,6 +44,7 @@ def handle(args: argparse.Namespace, extra: list[str]) -> int:
     docs = Path(args.docs)
     if not docs.exists():
         raise FatalError(f"no release at {docs}")
+    writable_dir(args.cache or docs / "cache", "--cache")
     cards = release_cards(docs, args.adapter_id or None, args.limit)
     cache = AdapterCache(
         args.cache or docs / "cache", DownloadConfig(max_bytes=int(args.max_mb * 1024 * 1024))

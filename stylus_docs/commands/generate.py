@@ -18,7 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stylus_docs.commands.compose import add_compose_options, cache_dir_from_args, settings_from_args
+from stylus_docs.atomic import writable_dir
+from stylus_docs.commands.compose import (
+    add_compose_options,
+    cache_dir_from_args,
+    check_output_flags,
+    settings_from_args,
+)
 from stylus_docs.errors import FatalError
 
 log = logging.getLogger(__name__)
@@ -136,6 +142,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             # One composition given for one prompt: use it even if the wording differs slightly.
             compositions = {prompts[0]: next(iter(compositions.values()))}
     kind, _ = detect_kind(args.pipeline)  # fail fast on a bad pipeline before composing anything
+    writable_dir(args.out, "--out")
+    writable_dir(args.adapters_dir or default_adapters_dir(), "--adapters-dir")
+    check_output_flags(args)
     composer = Composer(
         args.docs,
         settings_from_args(args, base_model=BASE_MODEL_OF_KIND[kind]),
