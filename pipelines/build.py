@@ -10,7 +10,8 @@ Everything is written into ``DOCS/builds/<id>/``; when the pipeline has finished
 manifest (counts, files, SHA-256) and publishes with :func:`stylus_docs.release.publish`. A failure
 anywhere leaves the previous release live and publishes nothing.
 
-Run ``python -m pipelines.build --help``; unknown flags are Beam pipeline options (``--runner`` …).
+Run ``python -m pipelines.build --help``; Beam pipeline options go after ``--`` (an unknown flag
+before it is an error).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils import shared
 
 from stylus_docs import release, writer
-from stylus_docs.beam_options import make_pipeline_options
+from stylus_docs.beam_options import make_pipeline_options, split_beam_args
 from stylus_docs.embed import EmbedderInfo, embed_cards, embedder_info, load_embedder
 from stylus_docs.errors import FatalError, RetryableError, SkipRecord
 from stylus_docs.filters import DEFAULT_TYPES, FilterConfig, apply_filters, filter_images, load_blacklist
@@ -698,6 +699,10 @@ def _render(adapter_rows: beam.PCollection, config: BuildConfig, build_dir: Path
 
 
 # --------------------------------------------------------------------------------------------- driver
+def _read_json_or(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.exists() else default
+
+
 def _counts(stats: dict[str, int], files: list[dict[str, Any]]) -> dict[str, Any]:
     def group(prefix: str) -> dict[str, int]:
         return {k.split("/", 1)[1]: v for k, v in sorted(stats.items()) if k.startswith(prefix + "/") and v}
@@ -762,7 +767,10 @@ def run_build(
     files = discover(config.raw)
     info = embedder_info(config.embedder, config.embedder_model)
     if config.previous:
-        release.resolve_build(config.previous)  # fail fast on a bad --previous
+        # Fail fast, in one line, on a bad or corrupted --previous: the reused shards are verified
+        # against its manifest (size + SHA-256) before the pipeline starts, not deep inside a worker.
+        prev = release.resolve_build(config.previous)
+        release.table_files(prev, release.load_manifest(prev), "adapters")
     docs = Path(config.out)
     try:
         docs.mkdir(parents=True, exist_ok=True)
@@ -790,8 +798,10 @@ def _run_locked(config: BuildConfig, files: list[RawFile], info: EmbedderInfo, d
         inputs = [{"path": f.path, "sha256": release.sha256_file(f.path)} for f in files]
         with beam.Pipeline(options=options) as p:
             build_pipeline(p, config, files, build_dir, info, progress)
-        stats = dict(json.loads((build_dir / ".stats.json").read_text()))
-        file_list = json.loads((build_dir / ".files.json").read_text())
+        # Beam writes these only when some event/file exists: an input with no records leaves neither,
+        # and check_publishable then refuses it ("the --raw input holds no records").
+        stats = dict(_read_json_or(build_dir / ".stats.json", {}))
+        file_list = list(_read_json_or(build_dir / ".files.json", []))
         file_list.sort(key=lambda f: (["adapters", "images", "dead_letter"].index(f["table"]), f["path"]))
         counts = _counts(stats, file_list)
         check_publishable(counts, config.max_dead_letter_fraction)
@@ -809,7 +819,7 @@ def _run_locked(config: BuildConfig, files: list[RawFile], info: EmbedderInfo, d
             "wall_s": round(time.time() - started, 3),
         }
         for tmp in (".stats.json", ".files.json"):
-            (build_dir / tmp).unlink()
+            (build_dir / tmp).unlink(missing_ok=True)
         writer.finalize_build(docs, build_id, manifest, config.keep)
         ok = True
         return manifest
@@ -942,7 +952,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point: parse app flags, pass the rest to Beam, run the build; return the manifest."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.build", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    args, beam_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    own, beam_args = split_beam_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(own)
     return run_build(config_from_args(args), beam_args, args.runner)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -211,6 +212,12 @@ class MiniLMEmbedder:
         from stylus_docs.query.encoder import default_minilm_dir
 
         path = str(default_minilm_dir())
+        if not sys.stderr.isatty():
+            # transformers draws a "Loading weights" bar for a 90 MB model even into a log file or a
+            # captured stderr, where it only buries the one-line error of a failed build.
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         self.model = SentenceTransformer(path, device=device)
         self.batch_size = batch_size
         self.info = embedder_info("minilm")

@@ -69,6 +69,8 @@ def discover(paths: list[str]) -> list[RawFile]:
         if root.is_file():
             if not _is_data_file(root):
                 raise FatalError(f"--raw {arg}: not a .jsonl or .jsonl.gz file")
+            if root.stat().st_size == 0:
+                raise FatalError(f"--raw {arg}: empty file (no raw records)")
             out.append(RawFile(str(root), None))
             continue
         if not root.is_dir():
