@@ -191,7 +191,8 @@ def _refuse_escaping_links(root: Path) -> None:
 
     ``allowed_directories`` compares the path as written, so ``DOCS/x -> /etc`` would make ``/etc``
     readable as ``DOCS/x/…``. Walks without following links (one ``scandir`` per directory: about
-    0.02 s for 50,000 files with a warm cache, see BENCHMARKS.md); links that stay inside (``latest -> builds/<id>``) are fine.
+    0.02 s for 50,000 files with a warm cache, see BENCHMARKS.md); links that stay inside
+    (``latest -> builds/<id>``) are fine.
     """
     root_s = str(root) + os.sep
     stack = [str(root)]
