@@ -132,6 +132,11 @@ class AdapterCard:
     embedder: str = ""
     embedding: list[float] | None = None
     render_status: str | None = NOT_RENDERED
+    render_error: str | None = None
+    render_load_s: float | None = None
+    render_s: float | None = None
+    #: Local path of the verified weights (download stage → render stage); not a column.
+    weights_path: str | None = None
 
     @property
     def example_prompts(self) -> list[str]:
@@ -198,7 +203,8 @@ _ROW_FIELDS = (
     "adapter_id source model_id version_id title version_name type base_model tags trigger_words description "
     "refined_description category recommended_weight nsfw nsfw_level creator downloads likes rating "
     "license_commercial allow_no_credit allow_derivatives file_name file_size_kb sha256 download_url "
-    "published_at card_url content_hash refiner embedder embedding render_status"
+    "published_at card_url content_hash refiner embedder embedding render_status render_error render_load_s "
+    "render_s"
 ).split()
 
 

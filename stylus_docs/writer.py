@@ -134,6 +134,12 @@ def rows_to_table(table: str, rows: list[dict[str, Any]], dim: int | None = None
         ValueError: a row does not fit the schema (wrong type, wrong embedding size).
     """
     schema = arrow_schema(table, dim)
+    known = set(schema.names)
+    for row in rows:
+        unknown = sorted(set(row) - known)
+        if unknown:
+            # Dropping them silently is how the render columns once vanished: refuse instead.
+            raise ValueError(f"{table} row has columns not in schemas/{table}.v1.json: {', '.join(unknown)}")
     columns: dict[str, pa.Array] = {}
     for fld in schema:
         values = [row.get(fld.name) for row in rows]

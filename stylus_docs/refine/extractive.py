@@ -59,10 +59,24 @@ def _fallback(card: AdapterCard) -> str:
     return text
 
 
+#: What a failed render check tells a reader, by ``render_status`` (the render stage ran before refine).
+_RENDER_NOTES = {
+    "load_failed": "Its weights did not load into the render pipeline",
+    "incompatible_base": "It targets another base model family than the render pipeline",
+    "download_failed": "Its weights could not be downloaded",
+    "nan_output": "Rendering with it produced invalid (NaN) pixels",
+    "render_failed": "Rendering with it failed",
+}
+
+
 def refine_extractive(card: AdapterCard) -> Refinement:
-    """Refine one card without a model."""
+    """Refine one card without a model (it reads the card, and the render verdict when there is one)."""
     summary = _summary_sentences(card.description)
     description = f"{card.title}: {summary}" if summary else _fallback(card)
+    note = _RENDER_NOTES.get(card.render_status or "")
+    if note:
+        # Said first and kept within MAX_CHARS: an adapter that does not load is worth knowing about.
+        description = f"{note}. {description}"
     if len(description) > MAX_CHARS:
         description = description[: MAX_CHARS - 1].rsplit(" ", 1)[0] + "…"
     return Refinement(

@@ -169,7 +169,9 @@ class AdapterRenderer:
                 )
         try:
             t0 = time.perf_counter()
-            weights = self.cache.fetch(card)
+            # The build's download stage hands over the verified file; standalone use fetches here.
+            given = card.get("weights_path")
+            weights = Path(given) if given else self.cache.fetch(card)
             self.timings["download"] += time.perf_counter() - t0
         except SkipRecord as exc:
             return RenderResult("download_failed", redact(f"{exc.reason}: {exc.detail}"))
