@@ -134,8 +134,11 @@ def _run_locked(config: BuildConfig, files: list[RawFile], info: EmbedderInfo, d
     ok = False
     try:
         inputs = [{"path": f.path, "sha256": release.sha256_file(f.path)} for f in files]
-        with beam.Pipeline(options=options) as p:
-            build_pipeline(p, config, files, build_dir, info, progress)
+        p = beam.Pipeline(options=options)
+        build_pipeline(p, config, files, build_dir, info, progress)
+        result = p.run()
+        result.wait_until_finish()
+        timings = stages.stage_seconds(result)
         # Beam writes these only when some event/file exists: an input with no records leaves neither,
         # and check_publishable then refuses it ("the --raw input holds no records").
         stats = dict(_read_json_or(build_dir / ".stats.json", {}))
@@ -155,6 +158,7 @@ def _run_locked(config: BuildConfig, files: list[RawFile], info: EmbedderInfo, d
             "counts": counts,
             "files": file_list,
             "wall_s": round(time.time() - started, 3),
+            "stage_seconds": timings,
         }
         for tmp in (".stats.json", ".files.json"):
             (build_dir / tmp).unlink(missing_ok=True)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,26 @@ DEAD = "dead"
 FILTERED = "filtered"
 EVENTS = "events"
 SIDE = (DEAD, FILTERED, EVENTS)
+#: Beam counter name prefix of the microseconds each routed step spent (read back into the manifest).
+TIMING_PREFIX = "step_us/"
+
+
+def stage_seconds(result: Any) -> dict[str, float]:
+    """Seconds spent in each routed step of a finished pipeline (from its Beam counters; {} if none)."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace(NS))["counters"]
+    except (AttributeError, NotImplementedError, KeyError):  # runners without metrics support
+        return {}
+    out: dict[str, float] = {}
+    for c in counters:
+        name = c.key.metric.name
+        if name.startswith(TIMING_PREFIX):
+            value = c.committed if c.committed is not None else c.attempted
+            key = name[len(TIMING_PREFIX) :]
+            out[key] = round(out.get(key, 0.0) + (value or 0) / 1e6, 3)
+    return dict(sorted(out.items()))
 
 
 # --------------------------------------------------------------------------------------------- routing
@@ -102,10 +123,13 @@ class Routed(beam.DoFn):
             ``setup()``/``teardown()`` (models, sessions: set up once per worker).
     """
 
-    def __init__(self, step: Callable[[Any], Iterable[Any]]) -> None:
+    def __init__(self, step: Callable[[Any], Iterable[Any]], label: str = "") -> None:
         self.step = step
+        self.label = label
+        self._timer: Any = None
 
     def setup(self) -> None:
+        self._timer = Metrics.counter(NS, f"{TIMING_PREFIX}{self.label}")
         if hasattr(self.step, "setup"):
             self.step.setup()
 
@@ -114,7 +138,12 @@ class Routed(beam.DoFn):
             self.step.teardown()
 
     def process(self, element: Any) -> Iterator[Any]:
-        for out in self.step(element):
+        # Run the step to completion before yielding: in a fused Beam stage a yield runs the downstream
+        # transforms inline, and their time would be charged to this stage.
+        started = time.perf_counter()
+        outputs = list(self.step(element))
+        self._timer.inc(int((time.perf_counter() - started) * 1e6))
+        for out in outputs:
             if isinstance(out, Dead):
                 Metrics.counter(NS, f"dead_letter_{out.reason}").inc()
                 yield TaggedOutput(DEAD, out.letter())
@@ -133,7 +162,7 @@ class Routed(beam.DoFn):
 def route(pcoll: beam.PCollection, label: str, step: Callable[[Any], Iterable[Any]],
           *tags: str) -> beam.pvalue.DoOutputsTuple:  # fmt: skip
     """``pcoll | label >> ParDo(Routed(step))`` with outputs ``main``, the side outputs and ``tags``."""
-    return pcoll | label >> beam.ParDo(Routed(step)).with_outputs(*SIDE, *tags, main="main")
+    return pcoll | label >> beam.ParDo(Routed(step, label)).with_outputs(*SIDE, *tags, main="main")
 
 
 def stage_outputs(pipeline: beam.Pipeline, label: str, parts: list[Any], **main: Any) -> dict[str, Any]:
@@ -728,6 +757,7 @@ class Render(beam.PTransform):
             pipeline=str(cfg.render_pipeline), out_dir=str(self.build_dir),
             cache_dir=cfg.render_cache or str(Path(cfg.out) / "cache" / "weights"),
             device=cfg.render_device or "cpu", prompts_per_adapter=cfg.render_prompts,
+            steps=cfg.render_steps, width=cfg.render_size, height=cfg.render_size,
         )  # fmt: skip
         split = cards | "HasWeights" >> beam.Partition(lambda c, _n: 0 if c.weights_path else 1, 2)
         ready, skipped = split[0], split[1]

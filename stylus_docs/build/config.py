@@ -137,6 +137,10 @@ class BuildConfig:
         metadata=flag("torch device for --render: cpu, cuda, cuda:N (default: cpu)", metavar="DEV"),
     )
     render_prompts: int = field(default=2, metadata=flag("prompts rendered per adapter", metavar="M"))
+    render_steps: int = field(default=25, metadata=flag("denoising steps per render"))
+    render_size: int = field(
+        default=512, metadata=flag("render width and height (a multiple of 8)", metavar="PX")
+    )
     render_cache: str | None = field(
         default=None,
         metadata=flag("adapter weights cache for --render (default DOCS/cache/weights)", metavar="DIR"),

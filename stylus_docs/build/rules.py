@@ -206,4 +206,7 @@ def summary(manifest: dict[str, Any]) -> str:
         lines.append(f"  rendered: {json.dumps(c['rendered'], sort_keys=True)}")
     if c.get("refine_usage"):
         lines.append(f"  refine usage: {json.dumps(c['refine_usage'], sort_keys=True)}")
+    if manifest.get("stage_seconds"):
+        slow = sorted(manifest["stage_seconds"].items(), key=lambda kv: -kv[1])[:6]
+        lines.append("  seconds by step: " + ", ".join(f"{k} {v:.2f}" for k, v in slow))
     return "\n".join(lines)
