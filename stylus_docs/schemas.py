@@ -6,8 +6,8 @@
 :class:`pyarrow.Schema` with the columns in property order, nullable exactly when the JSON type admits
 ``null``. The embedding's dimension is not fixed by the schema: it comes from the embedder.
 
-The schema directory is ``<repo>/schemas`` (next to the package); ``STYLUS_DOCS_SCHEMA_DIR`` overrides it
-for installs where the package is not run from a checkout.
+The package reads them from ``stylus_docs/_schemas`` (a symlink to ``schemas/`` in a checkout, real files
+in a wheel); ``STYLUS_DOCS_SCHEMA_DIR`` overrides it.
 """
 
 from __future__ import annotations
@@ -46,11 +46,16 @@ _SCALARS: dict[str, pa.DataType] = {
 
 
 def schema_dir() -> Path:
-    """Directory holding the JSON Schemas."""
+    """Directory holding the JSON Schemas.
+
+    ``STYLUS_DOCS_SCHEMA_DIR`` if set; else ``stylus_docs/_schemas``: in a checkout a symlink to the
+    top-level ``schemas/`` (the one copy in the repository), in a wheel the files themselves
+    (package data, so an installed package needs no checkout).
+    """
     override = os.environ.get("STYLUS_DOCS_SCHEMA_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[1] / "schemas"
+    return Path(__file__).parent / "_schemas"
 
 
 @functools.cache
