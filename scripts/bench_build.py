@@ -51,7 +51,7 @@ def main() -> int:
 
     from pipelines.build import BuildConfig, run_build
     from stylus_docs import release
-    from stylus_docs.embed import embed_cards, load_embedder
+    from stylus_docs.embedding import embed_cards, load_embedder
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_build_"))
     docs = tmp / "docs"

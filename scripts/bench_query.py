@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         lat.append(time.perf_counter() - t0)
     for q in queries[:300]:
         t0 = time.perf_counter()
-        enc.encode([q])
+        enc.embed([q])
         enc_lat.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     release.search_batch(queries, k=150)
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Scoring step vs plain numpy brute force, same matrix, same query vectors.
     emb = release.embeddings
-    qv = enc.encode(queries[:300])
+    qv = enc.embed(queries[:300])
     mask = release.mask(release_filters())
     base, ours, lex_t = [], [], []
     for j in range(len(qv)):

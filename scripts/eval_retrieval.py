@@ -13,7 +13,7 @@ Two measures, one default configuration:
 
 The release is built from the data minus the held-out images: through ``stylus-docs build`` when the build
 stage exists (``--builder pipeline``), else through a minimal in-script builder (``--builder minimal``:
-title, tags, trigger words, HTML-stripped description, example prompts, MiniLM over the paper's template).
+title, tags, trigger words, HTML-stripped description, example prompts, MiniLM over the build's views).
 Reports dense only, BM25 only and hybrid, plus the fusion grid it was tuned on, into BENCHMARKS.md
 section ``retrieval``.
 
@@ -45,9 +45,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from stylus_docs.normalize.lora import strip_tags  # noqa: E402
 from stylus_docs.query import SearchConfig, open_release  # noqa: E402
 from stylus_docs.query.core import fuse  # noqa: E402
-from stylus_docs.query.lexical import strip_lora_tags  # noqa: E402
 
 log = logging.getLogger("eval_retrieval")
 SHARED = ROOT.parent / "shared" / "data"
@@ -72,7 +72,7 @@ def image_prompt(img: dict[str, Any]) -> str | None:
 
 
 def clean_query(prompt: str) -> str:
-    return re.sub(r"\s+", " ", strip_lora_tags(prompt)).strip(" ,")
+    return re.sub(r"\s+", " ", strip_tags(prompt)).strip(" ,")
 
 
 def hold_out(items: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -102,11 +102,41 @@ def _html_text(html: str | None) -> str:
     return re.sub(r"\s+", " ", BeautifulSoup(html, "html.parser").get_text(" ")).strip()
 
 
-def _template(title: str, description: str, tags: list[str]) -> str:
-    return (
-        "Convert Stable Diffusion finetuned adapter description into an embedding for search: "
-        f"Title: {title}; Description: {description}; Tags: {', '.join(tags)};"
-    )
+class _CachedMiniLM:
+    """NumpyMiniLM with an on-disk cache of text vectors, saved per chunk: an interrupted run keeps what it
+    embedded."""
+
+    def __init__(self, cache_file: Path) -> None:
+        from stylus_docs.embedding import embedder_info
+
+        self.cache_file = cache_file
+        self.cache: dict[str, np.ndarray] = {}
+        if cache_file.exists():
+            with np.load(cache_file) as z:
+                self.cache = dict(zip(z["keys"].tolist(), z["vecs"], strict=True))
+        self._encoder: Any = None  # the NumpyMiniLM, loaded when a text is not cached
+        self.info = embedder_info("minilm")
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        from stylus_docs.embedding import NumpyMiniLM
+
+        keys = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+        todo = sorted({k for k in keys if k not in self.cache})
+        if todo:
+            self._encoder = self._encoder or NumpyMiniLM()
+            by_key = dict(zip(keys, texts, strict=True))
+            t0 = time.perf_counter()
+            for start in range(0, len(todo), 512):
+                chunk = todo[start : start + 512]
+                vecs = self._encoder.encode([by_key[k] for k in chunk], batch_size=32)
+                self.cache.update(zip(chunk, vecs, strict=True))
+                np.savez(
+                    self.cache_file, keys=np.array(list(self.cache)), vecs=np.stack(list(self.cache.values()))
+                )
+                log.info(
+                    "embedded %d/%d texts (%.0fs)", start + len(chunk), len(todo), time.perf_counter() - t0
+                )
+        return np.stack([self.cache[k] for k in keys])
 
 
 def build_minimal(items: list[dict[str, Any]], docs: Path) -> None:
@@ -114,10 +144,9 @@ def build_minimal(items: list[dict[str, Any]], docs: Path) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from release_fixture import write_release  # the contract writer used by the tests
 
-    from stylus_docs.query.encoder import NumpyMiniLM
+    from stylus_docs.embedding import embed_cards
 
     rows: list[dict[str, Any]] = []
-    texts: list[str] = []
     for item in items:
         tags = [t if isinstance(t, str) else str(t.get("name", "")) for t in item.get("tags") or []]
         desc = _html_text(item.get("description"))
@@ -163,28 +192,9 @@ def build_minimal(items: list[dict[str, Any]], docs: Path) -> None:
                     "render_status": "not_rendered",
                 }
             )
-            texts.append(_template(item.get("name") or "", desc, tags))
-    cache_file = WORK / "embedding-cache.npz"
-    keys = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
-    cache: dict[str, np.ndarray] = {}
-    if cache_file.exists():
-        with np.load(cache_file) as z:
-            cache = dict(zip(z["keys"].tolist(), z["vecs"], strict=True))
-    todo = sorted({k for k in keys if k not in cache})
-    if todo:
-        enc = NumpyMiniLM()
-        by_key = dict(zip(keys, texts, strict=True))
-        t0 = time.perf_counter()
-        # Chunks, each saved: an interrupted run keeps what it embedded.
-        for start in range(0, len(todo), 512):
-            chunk = todo[start : start + 512]
-            cache.update(zip(chunk, enc.encode([by_key[k] for k in chunk], batch_size=32), strict=True))
-            np.savez(cache_file, keys=np.array(list(cache)), vecs=np.stack(list(cache.values())))
-            log.info(
-                "embedded %d/%d adapters (%.0fs)", start + len(chunk), len(todo), time.perf_counter() - t0
-            )  # noqa: E501
-    for row, key in zip(rows, keys, strict=True):
-        row["embedding"] = cache[key].tolist()
+    vectors = embed_cards(_CachedMiniLM(WORK / "embedding-cache.npz"), rows)  # the build's three views
+    for row, vec in zip(rows, vectors, strict=True):
+        row["embedding"] = vec.tolist()
     write_release(docs, rows, shards=2)
 
 

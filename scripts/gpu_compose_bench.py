@@ -125,15 +125,11 @@ def make_release(docs: Path, adapter_files: dict[str, Path], fillers: int) -> No
         )
         row["embedding"] = vecs[i].tolist()
         rows.append(row)
-    from stylus_docs.embed import embed_cards
-    from stylus_docs.query.encoder import NumpyMiniLM
-
-    class _Encoder:  # the build's card vectors (embed_cards), computed with the query-side encoder
-        embed = NumpyMiniLM().encode
+    from stylus_docs.embedding import NumpyMiniLM, embed_cards
 
     cards = [{"title": t, "refined_description": f"{t} adapter", "tags": tags, "trigger_words": [trig]}
              for _, t, _, tags, trig in TOPIC_ADAPTERS]  # fmt: skip
-    emb = embed_cards(_Encoder(), cards)
+    emb = embed_cards(NumpyMiniLM(), cards)  # the build's card vectors, with the query-side encoder
     for (aid, title, cat, tags, trig), vec in zip(TOPIC_ADAPTERS, emb, strict=True):
         num = aid.split("@")[1]
         path = adapter_files[aid]

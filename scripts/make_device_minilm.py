@@ -34,7 +34,7 @@ def pack(sources: list[Path], out: Path) -> None:
     from safetensors.numpy import load_file, save
     from tokenizers import Tokenizer
 
-    from stylus_docs.query.encoder import default_minilm_dir
+    from stylus_docs.embedding import default_minilm_dir
 
     model = default_minilm_dir()
     tok = Tokenizer.from_file(str(model / "tokenizer.json"))

@@ -23,7 +23,7 @@ import numpy as np
 from stylus_docs import release
 
 DIM = 384
-#: What the build stage (stylus_docs.embed.embedder_info("minilm")) writes to the manifest.
+#: What the build stage (stylus_docs.embedding.embedder_info("minilm")) writes to the manifest.
 EMBEDDER_INFO = {
     "name": "minilm",
     "model": "all-MiniLM-L6-v2",
@@ -215,13 +215,9 @@ def sample_rows(embed: bool = True) -> list[dict[str, Any]]:
             }
         )
     if embed:
-        from stylus_docs.embed import embed_cards
-        from stylus_docs.query.encoder import NumpyMiniLM
+        from stylus_docs.embedding import NumpyMiniLM, embed_cards
 
-        class _Encoder:  # the build's card vectors (embed_cards), computed with the query-side encoder
-            embed = NumpyMiniLM().encode
-
-        vecs = embed_cards(_Encoder(), rows)
+        vecs = embed_cards(NumpyMiniLM(), rows)  # the build's card vectors, with the query-side encoder
         for r, v in zip(rows, vecs, strict=True):
             r["embedding"] = v.tolist()
     return rows

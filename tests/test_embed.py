@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from fakes.openai_server import fake_vector, start_fake_openai, stop
 
-from stylus_docs.embed import card_text, embed_cards, embedder_info, l2_normalize, load_embedder, name_text
+from stylus_docs.embedding import (
+    card_text,
+    embed_cards,
+    embedder_info,
+    l2_normalize,
+    load_embedder,
+    name_text,
+)
 from stylus_docs.errors import FatalError
 
 
@@ -28,7 +35,7 @@ def test_minilm_batched_normalized_and_stable() -> None:
     assert vecs.dtype == np.float32 and vecs.shape == (15, 384) == (len(texts), emb.info.dim)
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     assert np.allclose(emb.embed(texts[3:5]), vecs[3:5], atol=1e-5)  # batching does not change vectors
-    q = emb.embed_queries(["a cat"])[0]
+    q = emb.embed(["a cat"])[0]
     assert float(q @ emb.embed(["a photo of a cat"])[0]) > float(q @ emb.embed(["a red sports car"])[0])
     assert emb.info.id == "minilm:all-MiniLM-L6-v2@v3"
 
@@ -50,13 +57,13 @@ def test_card_vectors_sum_the_full_and_the_short_view() -> None:
     np.testing.assert_allclose(vecs, l2_normalize(full + short), atol=1e-5)
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(vecs, l2_normalize(full), atol=1e-3)  # the short view really contributes
-    q = emb.embed_queries(["a corgi on the wall"])[0]
+    q = emb.embed(["a corgi on the wall"])[0]
     assert float(vecs[0] @ q) > float(vecs[1] @ q)
 
 
 def test_example_prompts_are_the_third_view() -> None:
     """unit(unit(template + name) + 0.5 · examples); cards without example prompts keep two views."""
-    from stylus_docs.embed import EXAMPLES_WEIGHT, examples_text
+    from stylus_docs.embedding import EXAMPLES_WEIGHT, examples_text
 
     emb = load_embedder("minilm", batch_size=8)
     prompts = ["masterpiece, 1girl, hanfu, ink wash <lora:hanfu_v2:0.8>", "", "a scholar in hanfu, ink wash"]
@@ -74,7 +81,7 @@ def test_example_prompts_are_the_third_view() -> None:
     ex = emb.embed([examples_text(prompts)])[0]
     np.testing.assert_allclose(with_ex, l2_normalize(two + EXAMPLES_WEIGHT * ex)[0], atol=1e-5)
     # The examples pull the vector towards what people type with the adapter.
-    q = emb.embed_queries(["a scholar in ink wash style"])[0]
+    q = emb.embed(["a scholar in ink wash style"])[0]
     assert float(with_ex @ q) > float(without @ q)
 
 

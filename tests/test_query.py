@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from stylus_docs.embedding import EmbedderInfo, NumpyMiniLM
 from stylus_docs.errors import FatalError
 from stylus_docs.query import SearchConfig, open_release
-from stylus_docs.query.encoder import NumpyMiniLM
 from tests.release_fixture import EMBEDDER_INFO, SAMPLE, sample_rows, write_release
 
 
@@ -161,10 +161,10 @@ def test_batch_equals_single_queries(release) -> None:
 
 
 class _OtherEmbedder:
-    model = "acme/other-embedder"
-    dim = 384
+    def __init__(self, model: str = "acme/other-embedder", dim: int = 384) -> None:
+        self.info = EmbedderInfo(name="acme", model=model, version="v3", dim=dim)
 
-    def encode(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - never reached
+    def embed(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - never reached
         raise AssertionError("a mismatched embedder must not be used")
 
 
@@ -180,7 +180,7 @@ def test_embedder_mismatch_is_refused(docs: Path, tmp_path: Path) -> None:
         rel.search("dragon")
     # Same model, other dimension: refused at open.
     with pytest.raises(FatalError, match="embedder mismatch"):
-        open_release(docs, embedder=type("E", (), {"model": EMBEDDER_INFO["model"], "dim": 768})())
+        open_release(docs, embedder=_OtherEmbedder(EMBEDDER_INFO["model"], 768))
 
 
 def test_bad_release_is_refused(tmp_path: Path) -> None:

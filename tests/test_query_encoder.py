@@ -7,7 +7,14 @@ import os
 import numpy as np
 import pytest
 
-from stylus_docs.query.encoder import MINILM_MODEL, NumpyMiniLM, canonical_model_name, load_query_embedder
+from stylus_docs.embedding import (
+    MINILM_DIR_ENV,
+    MINILM_MODEL,
+    NumpyMiniLM,
+    canonical_model_name,
+    default_minilm_dir,
+    load_query_embedder,
+)
 
 TEXTS = [
     "a dragon breathing fire on a castle",
@@ -21,8 +28,6 @@ TEXTS = [
 def test_matches_sentence_transformers() -> None:
     st = pytest.importorskip("sentence_transformers")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from stylus_docs.query.encoder import default_minilm_dir
-
     ref = st.SentenceTransformer(str(default_minilm_dir()), device="cpu").encode(
         TEXTS, normalize_embeddings=True
     )
@@ -59,7 +64,6 @@ def test_model_folder_from_environment(tmp_path, monkeypatch) -> None:
     import shutil
 
     from stylus_docs.errors import FatalError
-    from stylus_docs.query.encoder import MINILM_DIR_ENV, default_minilm_dir
 
     copy = tmp_path / "minilm"
     shutil.copytree(default_minilm_dir(), copy)

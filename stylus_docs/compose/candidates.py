@@ -14,6 +14,7 @@ from typing import Any
 
 from stylus_docs.compose.types import Candidate, ComposeSettings
 from stylus_docs.errors import FatalError
+from stylus_docs.query import Release, open_release
 from stylus_docs.release import load_manifest, read_table, resolve_build
 
 log = logging.getLogger(__name__)
@@ -36,25 +37,6 @@ CARD_COLUMNS: tuple[str, ...] = (
     "file_name",
     "file_size_kb",
 )
-
-
-def _components(hit: Any) -> dict[str, Any]:
-    comp = hit_field(hit, "components")
-    if isinstance(comp, dict):
-        return comp
-    out = {}
-    for name in ("dense", "bm25", "dense_rank", "bm25_rank"):
-        value = hit_field(hit, name)
-        if value is not None:
-            out[name] = value
-    return out
-
-
-def hit_field(hit: Any, name: str, default: Any = None) -> Any:
-    """A field of a query hit, whether the hit is a mapping or an object."""
-    if isinstance(hit, dict):
-        return hit.get(name, default)
-    return getattr(hit, name, default)
 
 
 class CardTable:
@@ -105,7 +87,7 @@ class CandidateSource:
             from ``docs`` when None.
     """
 
-    def __init__(self, docs: str | os.PathLike[str], release: Any | None = None) -> None:
+    def __init__(self, docs: str | os.PathLike[str], release: Release | None = None) -> None:
         self.docs = str(docs)
         self.build_dir = resolve_build(docs)
         self.manifest = load_manifest(self.build_dir)
@@ -121,13 +103,9 @@ class CandidateSource:
         return self._cards
 
     @property
-    def release(self) -> Any:
-        """The query module's release object (opened on first use)."""
+    def release(self) -> Release:
+        """The query release (opened on first use)."""
         if self._release is None:
-            try:
-                from stylus_docs.query import open_release
-            except ImportError as exc:
-                raise FatalError("the query module (stylus_docs.query) is not available") from exc
             self._release = open_release(self.build_dir)
         return self._release
 
@@ -149,19 +127,8 @@ class CandidateSource:
         """
         if not texts:
             return []
-        release = self.release
-        kk = k or settings.top_k
-        if hasattr(release, "search_batch"):
-            batches = release.search_batch(texts, k=kk, **self._filters(settings))
-        else:
-            batches = [release.search(t, k=kk, **self._filters(settings)) for t in texts]
-        return [
-            [
-                (str(hit_field(h, "adapter_id")), float(hit_field(h, "score", 0.0) or 0.0), _components(h))
-                for h in hits
-            ]
-            for hits in batches
-        ]
+        batches = self.release.search_batch(texts, k=k or settings.top_k, **self._filters(settings))
+        return [[(h.adapter_id, float(h.score), h.components) for h in hits] for hits in batches]
 
     def search(
         self, text: str, settings: ComposeSettings, k: int | None = None

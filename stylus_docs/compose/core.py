@@ -32,6 +32,7 @@ from stylus_docs.compose.offline import compose_offline, segment
 from stylus_docs.compose.rules import enforce
 from stylus_docs.compose.types import ComposeSettings
 from stylus_docs.errors import FatalError
+from stylus_docs.query import Release
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class Composer:
         docs: str | os.PathLike[str],
         settings: ComposeSettings | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
-        release: Any | None = None,
+        release: Release | None = None,
         llm_client: Any | None = None,
     ) -> None:
         self.settings = settings or ComposeSettings()

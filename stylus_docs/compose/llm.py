@@ -3,7 +3,7 @@
 The catalogue and the paper's rules come from the versioned prompt file ``stylus_docs/prompts/compose_v1.md``;
 the answer must be a JSON object valid against ``composition.v1.json#/$defs/llm_answer``.
 
-Failure handling (DESIGN.md, "Failure policy"):
+Failure handling:
 
 * transport faults (429, 5xx, timeouts, connection errors) are retried by the OpenAI client, bounded by
   ``http_retries`` with exponential backoff and jitter, honouring ``Retry-After``; when spent →

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from stylus_docs.embedding import Embedder, canonical_model_name, load_query_embedder
 from stylus_docs.errors import FatalError
 from stylus_docs.query import sandbox
-from stylus_docs.query.encoder import QueryEmbedder, canonical_model_name, load_query_embedder
 from stylus_docs.query.lexical import TEXT_COLUMNS, LexicalIndex, document_text
 from stylus_docs.release import load_manifest, read_table, resolve_build, table_files
 
@@ -350,7 +350,7 @@ class Release:
         build_dir: Path,
         manifest: dict[str, Any],
         *,
-        embedder: QueryEmbedder | None = None,
+        embedder: Embedder | None = None,
         config: SearchConfig | None = None,
     ) -> None:
         self.build_dir = build_dir
@@ -378,20 +378,18 @@ class Release:
         self._model_codes: np.ndarray | None = None
 
     # -- components, built lazily ---------------------------------------------------------------
-    def _check_embedder(self, embedder: QueryEmbedder) -> None:
+    def _check_embedder(self, embedder: Embedder) -> None:
         want = str(self.embedder_info.get("model") or self.embedder_info.get("name") or "")
-        if (
-            canonical_model_name(embedder.model) != canonical_model_name(want)
-            or int(embedder.dim) != self.dim
-        ):
+        got = embedder.info
+        if canonical_model_name(got.model) != canonical_model_name(want) or got.dim != self.dim:
             raise FatalError(
                 f"embedder mismatch: the release {self.build_dir.name} was embedded with {want!r} "
-                f"(dim {self.dim}), the query embedder is {embedder.model!r} (dim {embedder.dim}); "
+                f"(dim {self.dim}), the query embedder is {got.model!r} (dim {got.dim}); "
                 "queries must use the release's embedder"
             )
 
     @property
-    def embedder(self) -> QueryEmbedder:
+    def embedder(self) -> Embedder:
         """The query embedder (loaded on first use; must match the manifest)."""
         if self._embedder is None:
             emb = load_query_embedder(self.embedder_info)
@@ -517,7 +515,7 @@ class Release:
         without re-scoring.
         """
         n = len(self.ids)
-        qvecs = self.embedder.encode(list(texts)) if dense and texts else None
+        qvecs = self.embedder.embed(list(texts)) if dense and texts else None
         dense_all = self.embeddings @ qvecs.T if qvecs is not None else None  # (n, B)
         out = []
         for j, text in enumerate(texts):
@@ -570,7 +568,7 @@ def open_release(
     docs: str | os.PathLike[str],
     *,
     build_id: str | None = None,
-    embedder: QueryEmbedder | None = None,
+    embedder: Embedder | None = None,
     config: SearchConfig | None = None,
 ) -> Release:
     """Open the live build of a release (or ``build_id``, or a build directory) for search.

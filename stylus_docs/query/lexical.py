@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -28,20 +27,17 @@ from typing import Any
 
 import numpy as np
 
+from stylus_docs.normalize.lora import strip_tags
 from stylus_docs.release import sha256_file
 
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the document text or tokenisation changes, so old cached indexes are not reused.
-INDEX_VERSION = "bm25.v1"
+#: v2: network tags as :mod:`stylus_docs.normalize.lora` defines them (``<locon:…>`` too; an unclosed
+#: ``<lora:x`` no longer swallows the words up to the next ``>``).
+INDEX_VERSION = "bm25.v2"
 #: Columns that feed the BM25 document text.
 TEXT_COLUMNS = ("title", "version_name", "tags", "trigger_words", "description", "example_prompts")
-_LORA_TAG = re.compile(r"<\s*(?:lora|lyco|hypernet)\s*:[^>]*>", re.IGNORECASE)
-
-
-def strip_lora_tags(text: str) -> str:
-    """Remove ``<lora:name:w>`` / ``<lyco:…>`` / ``<hypernet:…>`` tags from a prompt."""
-    return _LORA_TAG.sub(" ", text)
 
 
 def document_text(row: dict[str, Any]) -> str:
@@ -54,7 +50,7 @@ def document_text(row: dict[str, Any]) -> str:
     triggers = list(row.get("trigger_words") or [])
     parts += triggers + triggers
     parts.append(row.get("description") or "")
-    parts += [strip_lora_tags(p) for p in row.get("example_prompts") or []]
+    parts += [strip_tags(p) for p in row.get("example_prompts") or []]
     return "\n".join(p for p in parts if p)
 
 
@@ -185,7 +181,7 @@ class LexicalIndex:
 
     def query_tokens(self, text: str) -> list[str]:
         """Tokens of ``text`` that the index knows (unknown words score nothing)."""
-        return [t for t in _tokenize([strip_lora_tags(text)])[0] if t in self._vocab]
+        return [t for t in _tokenize([strip_tags(text)])[0] if t in self._vocab]
 
     def scores(self, text: str) -> np.ndarray:
         """BM25 score of every row for ``text`` (float32, zeros when no token matches)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from stylus_docs.normalize.lora import mentions_tags
 from stylus_docs.records import AdapterCard, Refinement
 from stylus_docs.refine.rules import category, recommended_weight
 
@@ -22,7 +23,7 @@ MAX_CHARS = 400
 _BOILERPLATE = re.compile(
     r"(https?://|www\.|ko-?fi|patreon|discord|buy me a coffee|support me|follow me|twitter|"
     r"\bweight\b|\bstrength\b|trigger ?word|recommended|negative prompt|sampler|cfg|steps|"
-    r"please|thank|update|changelog|version|v\d|license|credit|<lora|<lyco)",
+    r"please|thank|update|changelog|version|v\d|license|credit)",
     re.I,
 )
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -34,7 +35,7 @@ def _summary_sentences(text: str) -> str:
     for para in text.split("\n"):
         for sentence in _SENTENCE.split(para.strip()):
             sentence = sentence.strip(" -*•\t")
-            if len(sentence) < 12 or _BOILERPLATE.search(sentence):
+            if len(sentence) < 12 or _BOILERPLATE.search(sentence) or mentions_tags(sentence):
                 continue
             if size + len(sentence) > MAX_CHARS and picked:
                 return " ".join(picked)

