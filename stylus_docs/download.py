@@ -23,7 +23,16 @@ Errors of the Civitai download endpoint (API-NOTES.md §1.10) become :class:`~st
 with a stable reason: ``login_required`` (401), ``early_access`` / ``forbidden`` (403), ``not_found``
 (404), ``archived`` (410), ``volume_limit`` (429 after retries), ``server_error`` / ``connection_error``
 (retries spent), ``sha256_mismatch``, ``too_large``, ``pickle_format``, ``not_safetensors``,
-``bad_safetensors_header``, ``no_sha256``, ``bad_url``, ``download_interrupted``, ``html_body``.
+``bad_safetensors_header``, ``no_sha256``, ``bad_url``, ``download_interrupted``, ``html_body``,
+``deadline_exceeded``.
+
+Every file has a **total deadline** (``DownloadConfig.deadline_s``, or by default
+``max(min_deadline_s, size / min_bytes_per_s)`` = at least 300 s, plus one second per MiB of the file),
+covering every resume attempt: a server trickling the body cannot hold a worker for ever. The time left is
+checked after every chunk and no socket read waits longer than it. A spent deadline is the record failure
+``deadline_exceeded`` (not retried); the part file is kept, so a later run resumes where this one
+stopped. A header refused by :mod:`stylus_docs.safetensors_check` (too deep, non-finite, lone surrogate,
+inconsistent) is ``bad_safetensors_header`` and its part file is deleted.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from stylus_docs.atomic import atomic_write_text
 from stylus_docs.errors import FatalError, SkipRecord
-from stylus_docs.http import HttpClient, HttpFailure, safe_url
+from stylus_docs.http import FetchError, HttpClient, HttpFailure, iter_body, safe_url
 from stylus_docs.safetensors_check import UnsafeWeightsError, refuse_unsafe_format, validate_safetensors
 
 logger = logging.getLogger(__name__)
@@ -81,9 +90,14 @@ class DownloadConfig:
         resume_attempts: Attempts to finish one file when the body is cut off (each resumes with Range).
         backoff: Base of the exponential backoff in seconds (full jitter).
         backoff_max: Cap of one backoff wait in seconds.
-        timeout: ``(connect, read)`` timeout in seconds.
+        timeout: ``(connect, read)`` timeout in seconds (reads are also clipped to the deadline).
         chunk_bytes: Streaming chunk size.
         require_sha256: Refuse cards without a SHA-256 (nothing to verify against).
+        deadline_s: Total seconds for one file, resumes included (None: scaled with the size, below).
+        min_deadline_s: Smallest scaled deadline.
+        min_bytes_per_s: Slowest transfer rate the scaled deadline allows for: a file of ``n`` bytes
+            gets ``max(min_deadline_s, n / min_bytes_per_s)`` seconds (size from the card, else the
+            response's length, else ``max_bytes``).
     """
 
     max_bytes: int = 2 * 1024**3
@@ -95,12 +109,36 @@ class DownloadConfig:
     timeout: tuple[float, float] = (10.0, 60.0)
     chunk_bytes: int = 1 << 20
     require_sha256: bool = True
+    deadline_s: float | None = None
+    min_deadline_s: float = 300.0
+    min_bytes_per_s: float = float(1 << 20)
 
     def __post_init__(self) -> None:
         if self.max_bytes <= 0:
             raise FatalError("download max_bytes must be positive")
         if self.max_attempts < 1 or self.resume_attempts < 1:
             raise FatalError("download attempts must be >= 1")
+        if (self.deadline_s is not None and self.deadline_s <= 0) or self.min_deadline_s <= 0 \
+                or self.min_bytes_per_s <= 0:
+            raise FatalError("download deadlines and the minimum rate must be positive")
+
+    def budget_s(self, size: int | None) -> float:
+        """Total seconds allowed for a file of ``size`` bytes (None: unknown, ``max_bytes`` assumed)."""
+        if self.deadline_s is not None:
+            return self.deadline_s
+        return max(self.min_deadline_s, (size if size is not None else self.max_bytes) / self.min_bytes_per_s)
+
+
+@dataclass
+class _Transfer:
+    """The clock of one file's download, shared by its resume attempts."""
+
+    started: float
+    size_hint: int | None = None
+
+    def deadline(self, config: DownloadConfig, size: int | None = None) -> float:
+        """``time.monotonic()`` value by which the file must be complete."""
+        return self.started + config.budget_s(self.size_hint if self.size_hint is not None else size)
 
 
 class _Interrupted(Exception):
@@ -289,14 +327,17 @@ class AdapterCache:
             raise SkipRecord(
                 "too_large", f"card says {size_kb:.0f} KB, limit is {self.config.max_bytes} bytes"
             )
+        size_hint = int(size_kb * 1024) if isinstance(size_kb, int | float) and size_kb > 0 else None
         with self._lock(sha):
             cached = self.lookup(sha)  # another process may have finished it while we waited
             if cached is not None:
                 return cached
-            return self._download(url, sha, file_name)
+            return self._download(url, sha, file_name, size_hint)
 
-    def _download(self, url: str, sha: str, file_name: str) -> Path:
+    def _download(self, url: str, sha: str, file_name: str, size_hint: int | None = None) -> Path:
         part = self._part_path(sha)
+        # The clock starts here, after the lock: waiting for another process's download is not slowness.
+        transfer = _Transfer(time.monotonic(), size_hint)
         retrying = Retrying(
             stop=stop_after_attempt(self.config.resume_attempts),
             wait=self._wait,
@@ -304,7 +345,7 @@ class AdapterCache:
             reraise=True,
         )
         try:
-            served_name = retrying(self._attempt, url, part)
+            served_name = retrying(self._attempt, url, part, transfer)
         except _Interrupted as exc:
             raise SkipRecord(
                 "download_interrupted",
@@ -329,14 +370,20 @@ class AdapterCache:
         logger.info("cached %s (%d bytes) from %s", final.name, final_size, safe_url(url))
         return final
 
-    def _attempt(self, url: str, part: Path) -> str | None:
+    def _attempt(self, url: str, part: Path, transfer: _Transfer) -> str | None:
         """One GET: resume ``part`` from its current size; returns the served file name if any."""
+        until = transfer.deadline(self.config)
+        if time.monotonic() >= until:
+            raise SkipRecord("deadline_exceeded", f"{safe_url(url)}: the file's time budget is spent "
+                                                  f"({part.stat().st_size if part.exists() else 0} bytes "
+                                                  "kept for resume)")
         offset = part.stat().st_size if part.exists() else 0
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         client = self._client_for(url)
         try:
-            with client.stream(url, headers=headers) as resp:
-                return self._write_body(resp, url, part, offset)
+            # ``until``: waiting for the answer (and its retries) counts against the file's budget too.
+            with client.stream(url, headers=headers, until=until) as resp:
+                return self._write_body(resp, url, part, offset, transfer)
         except HttpFailure as exc:
             if exc.status == 416 and offset:
                 # Our part is longer than the file (it changed upstream): start over.
@@ -348,7 +395,8 @@ class AdapterCache:
             # when the creator disabled downloads, so it is this record's problem, not the run's.
             raise SkipRecord("login_required", str(exc)) from None
 
-    def _write_body(self, resp: requests.Response, url: str, part: Path, offset: int) -> str | None:
+    def _write_body(self, resp: requests.Response, url: str, part: Path, offset: int,
+                    transfer: _Transfer | None = None) -> str | None:
         ctype = resp.headers.get("Content-Type", "").lower()
         if "text/html" in ctype:
             raise _Interrupted("html_body", f"{safe_url(url)} served an HTML page instead of the file")
@@ -375,10 +423,15 @@ class AdapterCache:
                 "too_large", f"{safe_url(url)} is {total} bytes, limit is {self.config.max_bytes}"
             )
         part.parent.mkdir(parents=True, exist_ok=True)
+        transfer = transfer or _Transfer(time.monotonic())
+        deadline = transfer.deadline(self.config, total)
         written = offset
         with part.open(mode) as fh:
             try:
-                for chunk in resp.iter_content(self.config.chunk_bytes):
+                # The size cap is checked here (against the whole file, resumed bytes included), not by
+                # iter_body, so that it keeps its download reason ``too_large``.
+                for chunk in iter_body(resp, deadline=deadline, read_timeout=self.config.timeout[1],
+                                       chunk_bytes=self.config.chunk_bytes):
                     written += len(chunk)
                     if written > self.config.max_bytes:
                         fh.close()
@@ -387,6 +440,16 @@ class AdapterCache:
                             "too_large", f"{safe_url(url)} exceeded {self.config.max_bytes} bytes"
                         )
                     fh.write(chunk)
+            except FetchError as exc:
+                if exc.reason == "deadline_exceeded":
+                    # Not retried: the budget is for the whole file. The bytes so far are good; keep them.
+                    budget = deadline - transfer.started
+                    raise SkipRecord(
+                        "deadline_exceeded",
+                        f"{safe_url(url)}: not complete within {budget:.0f} s "
+                        f"({written} bytes kept for resume)",
+                    ) from None
+                raise _Interrupted("truncated_body", f"{exc.reason} after {written} bytes") from None
             except (
                 requests.exceptions.ChunkedEncodingError,
                 requests.ConnectionError,

@@ -6,7 +6,22 @@ Every call the toolkit makes to Civitai, the Hugging Face Hub or a download host
 * **Per-host auth.** The token read from ``token_env`` is sent as ``Authorization: Bearer …`` only to
   the host of ``base_url`` (plus ``auth_hosts``); never to a CDN, a redirect target or any other host.
   Credential query params (``token=`` …) are removed from every request URL: auth is header-only.
-* **Explicit timeouts** ``(connect, read)`` on every request.
+* **Explicit timeouts** ``(connect, read)`` on every request, and a **total deadline** per attempt
+  (``deadline``, default 120 s) enforced while the body streams in: the time left is checked after every
+  chunk and each socket read may wait no longer than the time left, so a server trickling one byte at a
+  time cannot hold a worker beyond the deadline. A spent deadline is the transient reason
+  ``deadline_exceeded``, retried like ``timeout`` (the existing policy for slow answers): one call is
+  then bounded by about ``max_attempts × deadline`` plus the backoff waits.
+* **Size caps** on bodies read into memory: JSON pages ``max_json_bytes`` (32 MiB), text documents
+  ``max_text_bytes`` (2 MiB, a README). ``Content-Length`` is checked before anything is read and the
+  bytes are counted while streaming (a missing or lying length), so an oversized body is refused after
+  at most ``cap + one chunk`` bytes in memory. Reason ``body_too_large``, not retried (the same URL
+  serves the same body).
+* **Strict JSON** through :func:`stylus_docs.safe_json.loads`: nesting deeper than 64, ``NaN`` /
+  ``Infinity`` / overflowing numbers and lone surrogate escapes are refused with the reasons
+  ``too_deep``, ``non_finite_number``, ``invalid_unicode`` (not retried; :class:`RecursionError` never
+  escapes). ``get_json(..., strict=False)`` lets a listing through whose items the caller checks one by
+  one with :func:`stylus_docs.safe_json.find_problem`, so one hostile item costs one record, not a page.
 * **A per-host rate limiter** (requests per second, thread-safe, shared by every thread using the client).
 * **A tenacity retry policy.** Bounded exponential backoff with full jitter on 429, 5xx, timeouts,
   connection errors, truncated bodies, invalid JSON and HTML served instead of JSON (even with status
@@ -18,7 +33,9 @@ Every call the toolkit makes to Civitai, the Hugging Face Hub or a download host
 
 Reasons (stable strings, used in counters, failure records and summaries): ``http_429``, ``http_5xx``,
 ``timeout``, ``connection_error``, ``truncated_body``, ``invalid_json``, ``html_body``, ``too_many_pages``,
-``http_<status>`` for other 4xx, ``unauthorized``.
+``http_<status>`` for other 4xx, ``unauthorized``, ``deadline_exceeded``, ``body_too_large``, ``too_deep``,
+``non_finite_number``, ``invalid_unicode``; :func:`fetch_bounded` adds ``host_not_allowed``,
+``too_many_redirects``, ``bad_url`` and ``bad_redirect``.
 
 Example (the downloader)::
 
@@ -44,7 +61,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -54,6 +71,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
+from stylus_docs import safe_json
 from stylus_docs.errors import FatalError, RetryableError, SkipRecord
 from stylus_docs.secrets import get_secret, redact, strip_token_params
 
@@ -69,6 +87,27 @@ _HF_RATELIMIT_R = re.compile(r"(?:^|;)\s*r\s*=\s*(\d+)")
 Params = Mapping[str, Any] | list[tuple[str, Any]] | None
 
 _TOKEN_PARAM_NAMES = {"token", "api_key", "apikey", "access_token", "key"}
+
+#: Default total time of one attempt of an API request (connect, headers and the whole body), seconds.
+DEFAULT_DEADLINE_S = 120.0
+#: Largest JSON page read into memory (a real 100-item Civitai page is 1–3 MB).
+MAX_JSON_BYTES = 32 * 1024 * 1024
+#: Largest text document read into memory (a Hub README; real ones are a few KB).
+MAX_TEXT_BYTES = 2 * 1024 * 1024
+#: Bytes asked for per socket read while streaming a bounded body.
+BODY_CHUNK_BYTES = 64 * 1024
+#: Statuses whose ``Location`` :func:`fetch_bounded` may follow.
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: Nesting the lenient (listing) parse keeps: a container deeper than this is replaced by an empty one
+#: of the same kind before parsing, which is still deeper than :data:`stylus_docs.safe_json.MAX_DEPTH`
+#: (so the item holding it is refused by ``find_problem``) and keeps :func:`json.loads` far below the
+#: interpreter's recursion limit. Real items never come near it (their deepest value sits at depth 9).
+LENIENT_MAX_DEPTH = 2 * safe_json.MAX_DEPTH
+# Strings (skipped whole, escapes included) and the brackets outside them.
+_JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+# A socket timeout this close to the deadline is the clipped "time left" timeout firing, i.e. the
+# deadline, not a stalled read within a healthy budget.
+_DEADLINE_SLACK_S = 0.05
 
 
 def safe_url(url: str) -> str:
@@ -105,6 +144,304 @@ class _Transient(RetryableError):
         super().__init__(reason, redact(detail), retry_after)
         self.url = url
         self.status = status
+
+
+class FetchError(SkipRecord):
+    """A bounded fetch or body read that stopped early; ``reason`` says why.
+
+    Reasons: ``deadline_exceeded``, ``body_too_large``, ``timeout``, ``truncated_body``,
+    ``connection_error`` (reading), and for :func:`fetch_bounded` also ``host_not_allowed``,
+    ``too_many_redirects``, ``bad_redirect``, ``bad_url``, ``bad_content_type``, ``http_<status>``.
+    """
+
+
+def clip_timeout(timeout: tuple[float, float], deadline: float | None) -> tuple[float, float]:
+    """``(connect, read)`` no larger than the time left before ``deadline`` (a ``time.monotonic()``)."""
+    if deadline is None:
+        return timeout
+    left = max(deadline - time.monotonic(), 0.001)
+    return min(timeout[0], left), min(timeout[1], left)
+
+
+def _timeout_reason(deadline: float | None) -> str:
+    """``deadline_exceeded`` when a timeout fired at the deadline (it was clipped to it), else ``timeout``."""
+    if deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S:
+        return "deadline_exceeded"
+    return "timeout"
+
+
+def _set_read_timeout(resp: requests.Response, seconds: float) -> None:
+    """Best effort: make the next socket read of ``resp`` wait at most ``seconds``.
+
+    requests sets the read timeout once per request; a body read that started with 100 s left must not
+    wait 60 s when 1 s is left. urllib3 keeps the connection (and its socket) on the response while the
+    body is unread. Where that private path is missing (another urllib3), the per-chunk deadline check
+    still holds and a read overruns by at most the request's own read timeout.
+    """
+    raw = getattr(resp, "raw", None)
+    sock = getattr(getattr(raw, "_connection", None), "sock", None)
+    if sock is None:
+        fp = getattr(getattr(raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            sock.settimeout(max(seconds, 0.001))
+
+
+def content_length(resp: requests.Response) -> int | None:
+    """The response's ``Content-Length`` as an int, or None when absent or not a number."""
+    value = (resp.headers.get("Content-Length") or "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def iter_body(
+    resp: requests.Response,
+    *,
+    max_bytes: int | None = None,
+    deadline: float | None = None,
+    read_timeout: float | None = None,
+    chunk_bytes: int = BODY_CHUNK_BYTES,
+) -> Iterator[bytes]:
+    """Yield the (decoded) body of a ``stream=True`` response in chunks, within a size cap and a deadline.
+
+    ``Content-Length`` above ``max_bytes`` is refused before a byte is read; the bytes are also counted
+    as they arrive, so a missing or lying length is caught after at most one extra chunk. Each read
+    returns as soon as *some* data is there (``read1``), which is what lets the deadline be checked
+    after every chunk even against a server that trickles one byte at a time, and each socket read
+    waits at most ``min(read_timeout, time left)``.
+
+    Args:
+        resp: a response opened with ``stream=True`` whose body is unread.
+        max_bytes: largest body accepted (None: no cap).
+        deadline: ``time.monotonic()`` value by which the body must be complete (None: none).
+        read_timeout: longest wait of one socket read (None: leave the request's own).
+        chunk_bytes: bytes asked for per read.
+
+    Raises:
+        FetchError: ``body_too_large``, ``deadline_exceeded``, ``timeout``, ``truncated_body`` or
+            ``connection_error``.
+    """
+    length = content_length(resp)
+    if max_bytes is not None and length is not None and length > max_bytes:
+        raise FetchError("body_too_large", f"Content-Length {length} exceeds the cap of {max_bytes} bytes")
+    raw = resp.raw
+    # urllib3 >= 2 has read1 (returns what one read gives); read(amt) would block until amt bytes came.
+    read = getattr(raw, "read1", None)
+    total = 0
+    while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FetchError("deadline_exceeded", f"body not complete after {total} bytes")
+            _set_read_timeout(resp, left if read_timeout is None else min(read_timeout, left))
+        try:
+            if read is not None:
+                chunk = read(chunk_bytes, decode_content=True)
+            else:  # pragma: no cover - urllib3 < 2: small reads keep the deadline checks frequent
+                chunk = raw.read(min(chunk_bytes, 1024), decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise FetchError(_timeout_reason(deadline), f"read timed out after {total} bytes") from None
+        except (urllib3.exceptions.HTTPError, requests.exceptions.ChunkedEncodingError) as exc:
+            # IncompleteRead (a lying Content-Length), a reset mid-body, a bad gzip stream.
+            raise FetchError("truncated_body", f"{type(exc).__name__} after {total} bytes") from None
+        except OSError as exc:
+            raise FetchError("connection_error", f"{type(exc).__name__} after {total} bytes") from None
+        if not chunk:
+            return
+        total += len(chunk)
+        if max_bytes is not None and total > max_bytes:
+            raise FetchError("body_too_large", f"body exceeds the cap of {max_bytes} bytes")
+        yield chunk
+        if deadline is not None and time.monotonic() > deadline:
+            raise FetchError("deadline_exceeded", f"body not complete after {total} bytes")
+
+
+def read_body(resp: requests.Response, **limits: Any) -> bytes:
+    """The whole body of a ``stream=True`` response, read with :func:`iter_body` (same arguments)."""
+    return b"".join(iter_body(resp, **limits))
+
+
+def cut_deep_containers(body: bytes, max_depth: int = LENIENT_MAX_DEPTH) -> bytes | None:
+    """``body`` with every JSON array/object opened deeper than ``max_depth`` replaced by ``[]`` / ``{}``.
+
+    Iterative (a regex skips strings whole), so a body nested 200,000 deep costs one linear scan. The
+    empty container stays at depth ``max_depth + 1``, so whatever held the deep value is still refused
+    as ``too_deep`` by :func:`stylus_docs.safe_json.find_problem`; everything else parses unchanged.
+
+    Returns:
+        The rewritten bytes, or None when the brackets do not balance (the body is not JSON).
+    """
+    out: list[bytes] = []
+    copied = 0  # body[:copied] is in out (or was cut)
+    depth = 0
+    cut_at = -1
+    cut_kind = b""
+    for match in _JSON_TOKENS.finditer(body):
+        token = match.group()
+        if token[:1] == b'"':
+            continue
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth == max_depth + 1 and cut_at < 0:
+                cut_at, cut_kind = match.start(), token
+            continue
+        if depth == max_depth + 1 and cut_at >= 0:
+            out += (body[copied:cut_at], b"[]" if cut_kind == b"[" else b"{}")
+            copied, cut_at = match.end(), -1
+        depth -= 1
+        if depth < 0:
+            return None
+    if depth or cut_at >= 0:
+        return None
+    out.append(body[copied:])
+    return b"".join(out)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_entry_matches(entry: str, hostname: str, port: int) -> bool:
+    """Whether one allow-list entry (``host``, ``host:port``, ``[v6]:port`` or ``*.domain``) covers
+    ``hostname`` (lowercased, no trailing dot) on the effective ``port``."""
+    try:
+        parts = urlsplit("//" + entry.strip())
+        want_port = parts.port
+    except ValueError:
+        return False  # a malformed entry matches nothing
+    name = (parts.hostname or "").rstrip(".")
+    if not name or parts.username is not None or parts.password is not None:
+        return False
+    if want_port is not None and want_port != port:
+        return False
+    if name.startswith("*."):
+        # "*.cdn.hf.co" matches any name under cdn.hf.co ("us.aws.cdn.hf.co"), not cdn.hf.co itself.
+        return hostname.endswith(name[1:])
+    return name == hostname
+
+
+def host_allowed(url: str, hosts: Iterable[str]) -> bool:
+    """True when ``url`` is http(s) without credentials and its host is in ``hosts``.
+
+    An entry is ``host`` (any port), ``host:port`` (that port only, the scheme's default port when the
+    URL names none; how tests allow one loopback server and not another) or ``*.domain`` (any name
+    under ``domain``, at any depth, not ``domain`` itself). Matching is exact otherwise:
+    ``image.civitai.com.evil.example`` does not match ``image.civitai.com``. A URL with userinfo
+    (``https://image.civitai.com@evil.example/``) is refused whatever its host.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in _DEFAULT_PORTS or "@" in parts.netloc:
+        return False
+    hostname = (parts.hostname or "").rstrip(".")
+    if not hostname:
+        return False
+    effective = port if port is not None else _DEFAULT_PORTS[parts.scheme]
+    return any(_host_entry_matches(entry, hostname, effective) for entry in hosts)
+
+
+@dataclass(slots=True)
+class Fetched:
+    """What :func:`fetch_bounded` got.
+
+    Attributes:
+        url: the final URL (after redirects).
+        status: its HTTP status.
+        content_type: media type without parameters, lowercased.
+        body: the whole body (within the cap).
+        redirects: the URLs redirected to, in order.
+    """
+
+    url: str
+    status: int
+    content_type: str
+    body: bytes
+    redirects: list[str] = field(default_factory=list)
+
+
+def fetch_bounded(
+    url: str,
+    *,
+    allowed_hosts: Iterable[str],
+    max_bytes: int,
+    deadline_s: float,
+    timeout: tuple[float, float] = (10.0, 10.0),
+    max_redirects: int = 3,
+    content_types: Iterable[str] | None = None,
+    session: requests.Session | None = None,
+) -> Fetched:
+    """GET ``url`` (one attempt) within an allow-list of hosts, a size cap and a total deadline.
+
+    For fetches of URLs that came from data (example images): redirects are not followed by requests
+    but here, at most ``max_redirects`` of them, and every hop's host is checked against
+    ``allowed_hosts`` *before* it is requested, so neither the first URL nor a redirect can make the
+    toolkit talk to another host. The deadline covers every hop and the body.
+
+    Args:
+        url: the URL to fetch.
+        allowed_hosts: host entries as in :func:`host_allowed`.
+        max_bytes: largest body accepted.
+        deadline_s: total time for all hops and the body, seconds.
+        timeout: ``(connect, read)`` per socket operation (clipped to the time left).
+        max_redirects: redirects followed at most.
+        content_types: accepted media types of the final answer (None: any); checked before the body
+            is read.
+        session: session to use (default: a new one, closed afterwards).
+
+    Returns:
+        The final response's URL, status (200), media type and body.
+
+    Raises:
+        FetchError: ``host_not_allowed``, ``too_many_redirects``, ``bad_redirect``, ``bad_url``,
+            ``http_<status>``, ``bad_content_type`` or a body reason of :func:`iter_body`.
+    """
+    hosts = tuple(allowed_hosts)
+    wanted = {t.lower() for t in content_types} if content_types is not None else None
+    deadline = time.monotonic() + deadline_s
+    own = session is None
+    getter = session if session is not None else requests.Session()
+    if own:
+        getter.trust_env = False  # as HttpClient: no ~/.netrc credentials or proxy settings from the env
+    redirects: list[str] = []
+    current = url
+    try:
+        while True:
+            if not host_allowed(current, hosts):
+                where = "redirect target" if redirects else "URL"
+                raise FetchError("host_not_allowed", f"{where} {safe_url(current)} is not on the allow-list")
+            if time.monotonic() >= deadline:
+                raise FetchError("deadline_exceeded", f"{safe_url(current)}: no answer within {deadline_s} s")
+            try:
+                resp = getter.get(current, timeout=clip_timeout(timeout, deadline), stream=True,
+                                  allow_redirects=False)
+            except requests.Timeout:
+                raise FetchError(_timeout_reason(deadline), safe_url(current)) from None
+            except requests.ConnectionError as exc:
+                raise FetchError("connection_error", f"{safe_url(current)}: {type(exc).__name__}") from None
+            except requests.RequestException as exc:
+                raise FetchError("bad_url", f"{safe_url(current)}: {type(exc).__name__}") from None
+            with resp:
+                if resp.status_code in REDIRECT_STATUSES:
+                    location = resp.headers.get("Location")
+                    if not location:
+                        raise FetchError("bad_redirect", f"{safe_url(current)}: redirect without Location")
+                    if len(redirects) >= max_redirects:
+                        raise FetchError("too_many_redirects", f"more than {max_redirects} redirects")
+                    current = urljoin(current, location)
+                    redirects.append(current)
+                    continue
+                if resp.status_code != 200:
+                    raise FetchError(f"http_{resp.status_code}", safe_url(current))
+                ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                if wanted is not None and ctype not in wanted:
+                    raise FetchError("bad_content_type", f"{safe_url(current)}: {ctype or 'none'}")
+                body = read_body(resp, max_bytes=max_bytes, deadline=deadline, read_timeout=timeout[1])
+                return Fetched(current, resp.status_code, ctype, body, redirects)
+    finally:
+        if own:
+            getter.close()
 
 
 @dataclass
@@ -239,7 +576,13 @@ class HttpClient:
         backoff: base of the exponential backoff in seconds (wait ~ U(0, backoff * 2**n)).
         backoff_max: cap of one backoff wait in seconds.
         max_retry_after: cap applied to ``Retry-After`` / ``RateLimit`` waits in seconds.
-        timeout: ``(connect, read)`` timeout in seconds, applied to every request.
+        timeout: ``(connect, read)`` timeout in seconds, applied to every request (clipped to the time
+            left before the deadline).
+        deadline: total seconds of one attempt: connecting, headers and the whole body (None: no
+            deadline). For :meth:`stream` it covers getting the response; the caller bounds the body
+            (:func:`iter_body`).
+        max_json_bytes: cap on a JSON body (:meth:`get_json`; None: no cap).
+        max_text_bytes: cap on a text body (:meth:`get_text`; None: no cap).
         pool_size: connections kept per host (set it >= the number of threads using the client).
         user_agent: ``User-Agent`` header.
         stats: counters to update (a new :class:`HttpStats` by default).
@@ -257,12 +600,19 @@ class HttpClient:
         backoff_max: float = 30.0,
         max_retry_after: float = 60.0,
         timeout: tuple[float, float] = (10.0, 60.0),
+        deadline: float | None = DEFAULT_DEADLINE_S,
+        max_json_bytes: int | None = MAX_JSON_BYTES,
+        max_text_bytes: int | None = MAX_TEXT_BYTES,
         pool_size: int = 32,
         user_agent: str = "stylus-docs/0.1 (+https://github.com/stylus-diffusion)",
         stats: HttpStats | None = None,
     ) -> None:
         if max_attempts < 1:
             raise FatalError("max_attempts must be >= 1")
+        if deadline is not None and deadline <= 0:
+            raise FatalError("the request deadline must be positive")
+        if any(cap is not None and cap <= 0 for cap in (max_json_bytes, max_text_bytes)):
+            raise FatalError("body size caps must be positive")
         if not urlsplit(base_url).scheme or not urlsplit(base_url).netloc:
             raise FatalError(f"invalid API base URL: {safe_url(base_url)!r}")
         self.base_url = base_url.rstrip("/") + "/"
@@ -274,6 +624,9 @@ class HttpClient:
         self.backoff_max = backoff_max
         self.max_retry_after = max_retry_after
         self.timeout = timeout
+        self.deadline = deadline
+        self.max_json_bytes = max_json_bytes
+        self.max_text_bytes = max_text_bytes
         self.stats = stats if stats is not None else HttpStats()
         self.limiter = RateLimiter(rps)
         self.session = requests.Session()
@@ -298,42 +651,56 @@ class HttpClient:
         return urljoin(self.base_url, path_or_url.lstrip("/"))
 
     def get_json(self, path_or_url: str, params: Params = None,
-                 headers: Mapping[str, str] | None = None) -> tuple[Any, requests.Response]:
-        """GET a JSON document with the retry policy.
+                 headers: Mapping[str, str] | None = None, *, strict: bool = True,
+                 max_bytes: int | None = None) -> tuple[Any, requests.Response]:
+        """GET a JSON document with the retry policy, within the deadline and the size cap.
 
         Args:
             path_or_url: path relative to ``base_url`` or an absolute URL.
             params: query parameters (a list of pairs repeats a key: ``[("types", "LORA"), ...]``).
             headers: extra request headers.
+            strict: parse with :func:`stylus_docs.safe_json.loads` (too deep, non-finite numbers and lone
+                surrogates refused). False: only nesting beyond the parser's recursion limit is refused
+                (``too_deep``); the caller must check what it keeps with
+                :func:`stylus_docs.safe_json.find_problem` (listings do it per item).
+            max_bytes: cap for this call (default ``max_json_bytes``).
 
         Returns:
             ``(data, response)``: the decoded JSON and the final response (its body already read).
 
         Raises:
-            HttpFailure: a non-retryable status or exhausted retries (``reason`` says which).
+            HttpFailure: a non-retryable status or body, or exhausted retries (``reason`` says which).
             FatalError: 401 while a token was sent.
         """
-        return self._call(path_or_url, params, headers, self._decode_json)
+        decode = self._decode_json if strict else self._decode_json_lenient
+        return self._call(path_or_url, params, headers, decode,
+                          self.max_json_bytes if max_bytes is None else max_bytes)
 
     def get_text(self, path_or_url: str, params: Params = None,
-                 headers: Mapping[str, str] | None = None) -> tuple[str, requests.Response]:
+                 headers: Mapping[str, str] | None = None, *,
+                 max_bytes: int | None = None) -> tuple[str, requests.Response]:
         """GET a text document (e.g. a README) with the retry policy; HTML error pages are retried.
 
-        Same errors as :meth:`get_json`.
+        ``max_bytes`` defaults to ``max_text_bytes``. Same errors as :meth:`get_json`.
         """
-        return self._call(path_or_url, params, headers, self._decode_text)
+        return self._call(path_or_url, params, headers, self._decode_text,
+                          self.max_text_bytes if max_bytes is None else max_bytes)
 
     @contextlib.contextmanager
     def stream(self, path_or_url: str, params: Params = None,
-               headers: Mapping[str, str] | None = None) -> Iterator[requests.Response]:
+               headers: Mapping[str, str] | None = None, *,
+               until: float | None = None) -> Iterator[requests.Response]:
         """GET with ``stream=True`` for downloads; yields the response with its body unread.
 
         Redirects are followed; the token is attached only when the first URL's host is an auth host,
         and requests drops ``Authorization`` when a redirect changes host. Retries cover getting the
-        response (status, connection); a failure while reading the body is the caller's to retry.
+        response (status, connection) within ``deadline`` per attempt; reading the body, its size cap,
+        deadline and retries are the caller's (read it with :func:`iter_body`).
+        ``until`` (a ``time.monotonic()`` value, e.g. a download's whole-file deadline) also bounds
+        every attempt; once it has passed, the call fails with ``deadline_exceeded`` and is not retried.
         The response is closed on exit. Same errors as :meth:`get_json`.
         """
-        resp, _ = self._call(path_or_url, params, headers, None)
+        resp, _ = self._call(path_or_url, params, headers, None, None, until)
         try:
             yield resp
         finally:
@@ -346,7 +713,8 @@ class HttpClient:
     # -- internals -----------------------------------------------------------------------------
 
     def _call(self, path_or_url: str, params: Params, headers: Mapping[str, str] | None,
-              decode: Any) -> tuple[Any, requests.Response]:
+              decode: Any, max_bytes: int | None,
+              until: float | None = None) -> tuple[Any, requests.Response]:
         # Credentials travel only in the Authorization header: a token in the URL would reach urllib3's
         # debug log, proxies and server access logs, so credential params are dropped here.
         url = strip_token_params(self.url_for(path_or_url))
@@ -359,7 +727,7 @@ class HttpClient:
             reraise=True,
         )
         try:
-            return retrying(self._attempt, url, params, headers, decode)
+            return retrying(self._attempt, url, params, headers, decode, max_bytes, until)
         except _Transient as exc:
             self.stats.add_failure(exc.reason)
             logger.warning("giving up on %s after %d attempts: %s", safe_url(url), self.max_attempts,
@@ -370,52 +738,87 @@ class HttpClient:
             raise
 
     def _attempt(self, url: str, params: Params, headers: Mapping[str, str] | None,
-                 decode: Any) -> tuple[Any, requests.Response]:
+                 decode: Any, max_bytes: int | None,
+                 until: float | None = None) -> tuple[Any, requests.Response]:
+        if until is None:
+            return self._attempt_once(url, params, headers, decode, max_bytes, None)
+        if time.monotonic() >= until:
+            raise HttpFailure("deadline_exceeded", url, None, "the caller's deadline passed")
+        try:
+            return self._attempt_once(url, params, headers, decode, max_bytes, until)
+        except _Transient as exc:
+            if time.monotonic() >= until - _DEADLINE_SLACK_S:
+                # The caller's own deadline is spent: another attempt could not finish either.
+                raise HttpFailure("deadline_exceeded", url, exc.status,
+                                  f"{exc.reason}: {exc.detail}"[:200]) from None
+            raise
+
+    def _attempt_once(self, url: str, params: Params, headers: Mapping[str, str] | None,
+                      decode: Any, max_bytes: int | None,
+                      until: float | None) -> tuple[Any, requests.Response]:
         host = urlsplit(url).netloc.lower()
         req_headers = dict(headers or {})
         sent_token = bool(self._token) and host in self.auth_hosts
         if sent_token:
             req_headers["Authorization"] = f"Bearer {self._token}"
         self.limiter.acquire(host)
+        # The deadline starts after the rate limiter: waiting for our own turn is not the server's fault.
+        deadline = time.monotonic() + self.deadline if self.deadline else None
+        if until is not None:
+            deadline = until if deadline is None else min(deadline, until)
         self.stats.start_request()
         try:
             try:
-                resp = self.session.get(url, params=params, headers=req_headers, timeout=self.timeout,
-                                        stream=decode is None)
+                # Always streamed: the body is read here, chunk by chunk, so the cap and the deadline hold.
+                resp = self.session.get(url, params=params, headers=req_headers,
+                                        timeout=clip_timeout(self.timeout, deadline), stream=True)
             except requests.Timeout as exc:
-                raise _Transient("timeout", url, detail=type(exc).__name__) from None
+                raise _Transient(_timeout_reason(deadline), url, detail=type(exc).__name__) from None
             except (requests.exceptions.ChunkedEncodingError,
                     requests.exceptions.ContentDecodingError) as exc:
                 raise _Transient("truncated_body", url, detail=type(exc).__name__) from None
             except requests.ConnectionError as exc:
                 raise _Transient("connection_error", url, detail=type(exc).__name__) from None
-            self._check_status(resp, url, sent_token)
-            if decode is None:
-                return resp, resp
+            handed_over = False
             try:
-                body = resp.content
-            except (requests.exceptions.ChunkedEncodingError,
-                    requests.exceptions.ContentDecodingError) as exc:
-                raise _Transient("truncated_body", url, resp.status_code, type(exc).__name__) from None
-            except requests.ConnectionError as exc:
-                raise _Transient("connection_error", url, resp.status_code, type(exc).__name__) from None
-            return decode(resp, body, url), resp
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise _Transient("deadline_exceeded", url, resp.status_code, "headers came too late")
+                self._check_status(resp, url, sent_token, deadline)
+                if decode is None:
+                    handed_over = True  # stream(): the caller reads and closes it
+                    return resp, resp
+                try:
+                    body = read_body(resp, max_bytes=max_bytes, deadline=deadline,
+                                     read_timeout=self.timeout[1])
+                except FetchError as exc:
+                    if exc.reason == "body_too_large":
+                        raise HttpFailure(exc.reason, url, resp.status_code, exc.detail) from None
+                    raise _Transient(exc.reason, url, resp.status_code, exc.detail) from None
+                # Hand the bytes to requests so resp.content / .text keep working for callers, and mark
+                # them consumed so close() returns the connection to the pool instead of dropping it.
+                resp._content = body
+                resp._content_consumed = True
+                return decode(resp, body, url), resp
+            finally:
+                if not handed_over:
+                    resp.close()
         finally:
             self.stats.end_request()
 
-    def _check_status(self, resp: requests.Response, url: str, sent_token: bool) -> None:
+    def _check_status(self, resp: requests.Response, url: str, sent_token: bool,
+                      deadline: float | None) -> None:
         status = resp.status_code
         if status < 400:
             return
         if status == 429 or status >= 500:
-            body = _read_small(resp)
+            body = _read_small(resp, deadline=deadline, read_timeout=self.timeout[1])
             if status == 429 and TOO_MANY_PAGES_MARKER in body.lower():
                 raise HttpFailure("too_many_pages", url, status, body[:200])
             wait = parse_retry_after(resp.headers.get("Retry-After"))
             if wait is None:
                 wait = parse_hf_ratelimit(resp.headers.get("RateLimit"))
             raise _Transient("http_429" if status == 429 else "http_5xx", url, status, body[:200], wait)
-        body = _read_small(resp)
+        body = _read_small(resp, deadline=deadline, read_timeout=self.timeout[1])
         if status == 401 and sent_token:
             raise FatalError(f"HTTP 401 from {safe_url(url)} with the token from {self.token_env}: "
                              "the token is invalid or expired")
@@ -423,15 +826,42 @@ class HttpClient:
         raise HttpFailure(reason, url, status, body[:200])
 
     @staticmethod
-    def _decode_json(resp: requests.Response, body: bytes, url: str) -> Any:
+    def _check_json_body(resp: requests.Response, body: bytes, url: str) -> None:
         ctype = resp.headers.get("Content-Type", "").lower()
         head = body[:512].lstrip().lower()
         if "html" in ctype or head.startswith((b"<!doctype", b"<html", b"<")):
             raise _Transient("html_body", url, resp.status_code, "HTML page instead of JSON")
         if not body.strip():
             raise _Transient("invalid_json", url, resp.status_code, "empty body")
+
+    @classmethod
+    def _decode_json(cls, resp: requests.Response, body: bytes, url: str) -> Any:
+        cls._check_json_body(resp, body, url)
         try:
-            return json.loads(body)
+            return safe_json.loads(body)
+        except safe_json.UnsafeJSON as exc:
+            if exc.reason == "bad_json":
+                # Syntax errors stay transient: a body cut short by the network reads as bad JSON too.
+                raise _Transient("invalid_json", url, resp.status_code, exc.detail[:120]) from None
+            # Deep nesting, NaN and lone surrogates are what the server sends, every time: not retried.
+            raise HttpFailure(exc.reason, url, resp.status_code, exc.detail[:120]) from None
+
+    @classmethod
+    def _decode_json_lenient(cls, resp: requests.Response, body: bytes, url: str) -> Any:
+        cls._check_json_body(resp, body, url)
+        try:
+            try:
+                return json.loads(body)
+            except RecursionError:
+                # One item nested far too deep must cost that item, not the page: cut what lies below
+                # LENIENT_MAX_DEPTH and parse again; the caller's find_problem refuses the item.
+                cut = cut_deep_containers(body)
+                if cut is None:
+                    raise
+                return json.loads(cut)
+        except RecursionError:
+            raise HttpFailure("too_deep", url, resp.status_code,
+                              "nesting exceeds the parser's recursion limit") from None
         except (UnicodeDecodeError, ValueError) as exc:
             raise _Transient("invalid_json", url, resp.status_code, str(exc)[:120]) from None
 
@@ -440,7 +870,12 @@ class HttpClient:
         ctype = resp.headers.get("Content-Type", "").lower()
         if "html" in ctype:
             raise _Transient("html_body", url, resp.status_code, "HTML page instead of text")
-        return body.decode(resp.encoding or "utf-8", errors="replace")
+        try:
+            text = body.decode(resp.encoding or "utf-8", errors="replace")
+            text.encode("utf-8")  # a declared codec (utf-7 …) can still yield lone surrogates
+        except (LookupError, UnicodeError):  # an unknown charset name, or such surrogates
+            text = body.decode("utf-8", errors="replace")
+        return text
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -466,13 +901,18 @@ def _drop_token_params(params: Params) -> Params:
     return [(k, v) for k, v in pairs if k.lower() not in _TOKEN_PARAM_NAMES]
 
 
-def _read_small(resp: requests.Response, limit: int = 4096) -> str:
-    """Read at most ``limit`` bytes of an error body as text (errors while reading are ignored)."""
+def _read_small(resp: requests.Response, limit: int = 4096, *, deadline: float | None = None,
+                read_timeout: float | None = None) -> str:
+    """Read about ``limit`` bytes of an error body as text, within the deadline (read errors ignored)."""
+    if resp._content_consumed:
+        return (resp.content or b"")[:limit].decode("utf-8", errors="replace")
+    data = bytearray()
     try:
-        if resp.raw is not None and not resp._content_consumed:  # streamed response
-            data = resp.raw.read(limit, decode_content=True) or b""
-        else:
-            data = resp.content[:limit]
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError):
-        return ""
-    return data.decode("utf-8", errors="replace")
+        for chunk in iter_body(resp, deadline=deadline, read_timeout=read_timeout,
+                               chunk_bytes=max(1, limit)):
+            data += chunk
+            if len(data) >= limit:
+                break
+    except (FetchError, requests.RequestException, ValueError):
+        pass  # the status decides what happens; its body is only a detail
+    return bytes(data[:limit]).decode("utf-8", errors="replace")

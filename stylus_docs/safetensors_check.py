@@ -7,7 +7,11 @@ overlapping tensors. This module checks, reading only the first ``8 + N`` bytes:
 
 * ``N`` is bounded (``max_header_bytes``, default 100 MB) and fits in the file — checked *before* the
   header is read, so a huge claimed length allocates nothing;
-* the header is UTF-8 JSON, an object, starting with ``{``;
+* the header is UTF-8 JSON, an object, starting with ``{``, parsed strictly by
+  :func:`stylus_docs.safe_json.loads`: nesting deeper than 64 (a real header is 3 deep), ``NaN`` /
+  ``Infinity`` and lone surrogate escapes are refused with the same ``bad_safetensors_header`` reason
+  (the detail names ``too_deep`` / ``non_finite_number`` / ``invalid_unicode``) — a header of 100,000
+  ``[`` never reaches a :class:`RecursionError`;
 * ``__metadata__`` (optional) maps strings to strings;
 * every dtype is in an allow-list, every shape a list of non-negative ints;
 * ``prod(shape) × itemsize == end - begin``;
@@ -19,13 +23,13 @@ Pickle-based formats never get this far: :func:`refuse_unsafe_format` rejects th
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stylus_docs import safe_json
 from stylus_docs.errors import SkipRecord
 
 #: Largest header accepted by default (the reference implementation's own limit is 100 MB).
@@ -167,9 +171,11 @@ def parse_header(raw: bytes, data_bytes: int) -> SafetensorsHeader:
     if not raw.startswith(b"{"):
         raise _bad("header does not start with '{'")
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _bad(f"header is not UTF-8 JSON ({type(exc).__name__})") from None
+        doc = safe_json.loads(bytes(raw))
+    except safe_json.UnsafeJSON as exc:
+        if exc.reason == "bad_json":
+            raise _bad(f"header is not UTF-8 JSON ({exc.detail[:120]})") from None
+        raise _bad(f"header JSON refused: {exc.reason}: {exc.detail[:120]}") from None
     if not isinstance(doc, dict):
         raise _bad("header is not a JSON object")
     meta = doc.pop("__metadata__", None) or {}

@@ -17,10 +17,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stylus_docs import safe_json
 from stylus_docs.crawl.snapshot import iter_chunk_records, write_chunk
 from stylus_docs.crawl.state import CrawlState, FailureLog, SeenIds, seen_ids
 from stylus_docs.errors import FatalError, SkipRecord
-from stylus_docs.http import HttpClient, HttpFailure, safe_url
+from stylus_docs.http import (
+    DEFAULT_DEADLINE_S,
+    MAX_JSON_BYTES,
+    MAX_TEXT_BYTES,
+    HttpClient,
+    HttpFailure,
+    safe_url,
+)
 from stylus_docs.sources import civitai, huggingface
 from stylus_docs.sources.civitai import CivitaiQuery, CivitaiSource
 from stylus_docs.sources.huggingface import HfQuery, HuggingFaceSource
@@ -49,6 +57,10 @@ class CrawlConfig:
         backoff: base of the exponential backoff (s).
         max_retry_after: cap on honoured Retry-After waits (s).
         timeout: (connect, read) timeout (s).
+        deadline: total time of one request attempt, body included (s); a server that trickles its
+            answer fails it with ``deadline_exceeded`` (retried like a timeout).
+        max_page_bytes: cap on one JSON page or version body (``body_too_large``, not retried).
+        max_card_bytes: cap on one Hub README (the card then records ``card_error: body_too_large``).
         models_per_chunk: listing items per ``models-*.jsonl.gz`` chunk.
         versions_per_chunk: version records per ``versions-*.jsonl.gz`` chunk.
         run_id: identifies one run (scopes the in-process duplicate registry).
@@ -68,6 +80,9 @@ class CrawlConfig:
     backoff: float = 1.0
     max_retry_after: float = 60.0
     timeout: tuple[float, float] = (10.0, 60.0)
+    deadline: float = DEFAULT_DEADLINE_S
+    max_page_bytes: int = MAX_JSON_BYTES
+    max_card_bytes: int = MAX_TEXT_BYTES
     models_per_chunk: int = 1000
     versions_per_chunk: int = 500
     run_id: str = ""
@@ -82,6 +97,8 @@ class CrawlConfig:
             raise FatalError("--concurrency and --max-attempts must be >= 1")
         if self.max_images_per_version < 0:
             raise FatalError("--max-images-per-version must be >= 0")
+        if self.deadline <= 0 or self.max_page_bytes <= 0 or self.max_card_bytes <= 0:
+            raise FatalError("the request deadline and the body size caps must be positive")
 
     @property
     def token_env(self) -> str:
@@ -100,7 +117,8 @@ class CrawlConfig:
         return HttpClient(self.api_url, token_env=self.token_env, rps=self.rps,
                           max_attempts=self.max_attempts,
                           backoff=self.backoff, max_retry_after=self.max_retry_after, timeout=self.timeout,
-                          pool_size=max(8, self.concurrency + 2))
+                          deadline=self.deadline, max_json_bytes=self.max_page_bytes,
+                          max_text_bytes=self.max_card_bytes, pool_size=max(8, self.concurrency + 2))
 
 
 def json_ready(value: Any) -> Any:
@@ -110,6 +128,19 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
     return value
+
+
+def _listed_id(item: Any, *keys: str) -> int | str | None:
+    """The id of a refused listing item for its failure record, when it has a plain one (else None)."""
+    if not isinstance(item, dict):
+        return None
+    for key in keys:
+        value = item.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and len(value) <= 200 and safe_json.find_problem(value) is None:
+            return value
+    return None
 
 
 def _bar(cfg: CrawlConfig, desc: str, unit: str) -> Any:
@@ -198,7 +229,7 @@ class CivitaiCrawler(_Crawler):
                     try:
                         mid = civitai.model_id(item)
                     except SkipRecord as exc:
-                        self.fail("model", None, exc.reason, exc.detail)
+                        self.fail("model", _listed_id(item, "id"), exc.reason, exc.detail)
                         continue
                     if self.seen.claim(mid):
                         buffer.append(item)
@@ -243,6 +274,12 @@ class CivitaiCrawler(_Crawler):
             record = self.source.fetch_version(version_id)
         except SkipRecord as exc:
             self.fail("version", version_id, exc.reason, exc.detail)
+            return None
+        # Bodies are parsed strictly already; this keeps the snapshot writer's invariant (every line
+        # reads back through safe_json) whatever the source code does.
+        problem = safe_json.find_problem(record)
+        if problem is not None:
+            self.fail("version", version_id, *problem)
             return None
         if "_images_error" in record:
             self.fail("images", version_id, record["_images_error"])
@@ -369,7 +406,7 @@ class HfCrawler(_Crawler):
                     try:
                         rid = huggingface.repo_id(item)
                     except SkipRecord as exc:
-                        self.fail("model", None, exc.reason, exc.detail)
+                        self.fail("model", _listed_id(item, "id", "modelId"), exc.reason, exc.detail)
                         continue
                     if self.seen.claim(rid):
                         fresh.append(item)

@@ -27,13 +27,47 @@ logger = logging.getLogger(__name__)
 _CHUNK = re.compile(r"^(?P<prefix>[a-z]+)-(?P<num>\d{5,})\.jsonl\.gz$")
 
 
+class UnsafeRecord(ValueError):
+    """A record that would not read back as strict JSON; ``reason`` as in :mod:`stylus_docs.safe_json`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def encode_record(record: Any) -> bytes:
+    """One JSONL line (with its newline) for ``record``.
+
+    Raises:
+        UnsafeRecord: ``invalid_unicode`` (a lone surrogate, which UTF-8 cannot encode),
+            ``non_finite_number`` (NaN/Infinity, which JSON cannot hold) or ``too_deep``. The crawl
+            engine checks every record with :func:`stylus_docs.safe_json.find_problem` before it is
+            buffered and records such an item as failed, so this is the last line of defence, not the
+            normal path: a chunk is never published with a line the build (``safe_json.loads``) would
+            refuse.
+    """
+    try:
+        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        raise UnsafeRecord("invalid_unicode", "a string holds a lone UTF-16 surrogate") from None
+    except RecursionError:
+        raise UnsafeRecord("too_deep", "nesting exceeds the encoder's recursion limit") from None
+    except ValueError as exc:  # allow_nan=False
+        raise UnsafeRecord("non_finite_number", str(exc)[:120]) from None
+
+
 def encode_chunk(records: Iterable[Any]) -> bytes:
-    """Gzip JSONL bytes of ``records`` (deterministic: no timestamp in the gzip header)."""
+    """Gzip JSONL bytes of ``records`` (deterministic: no timestamp in the gzip header).
+
+    Raises:
+        UnsafeRecord: a record cannot be written as strict JSON (see :func:`encode_record`).
+    """
     raw = io.BytesIO()
     with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
         for record in records:
-            gz.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
-            gz.write(b"\n")
+            gz.write(encode_record(record))
     return raw.getvalue()
 
 

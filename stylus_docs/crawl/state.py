@@ -6,6 +6,11 @@ resume cursor, whether it is done, and counts. Every update is read-modify-write
 or processes on one machine never lose each other's progress, and a ``kill -9`` leaves the last
 committed version.
 
+A ``state.json`` that cannot be used (not JSON, cut short, hand-edited into the wrong shape) stops the
+crawl with one :class:`~stylus_docs.errors.FatalError` line naming the file and the way out: delete it
+and run again. That is safe because resume never depends on it for correctness — the crawl then lists
+from the first page again, and the items already in committed chunks are recognised and not stored twice.
+
 Ordering that makes resume exact: a partition first publishes a chunk of new items, then advances its
 cursor past the pages those items came from. A kill between the two re-fetches those pages on resume;
 their items are already in committed chunks, and :class:`SeenIds` (seeded from the committed chunks)
@@ -24,12 +29,58 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from stylus_docs import safe_json
 from stylus_docs.atomic import atomic_write_text
 from stylus_docs.crawl.snapshot import iter_chunk_records
 from stylus_docs.errors import FatalError
 from stylus_docs.secrets import redact
 
 STATE_VERSION = 1
+
+# Partition fields and the types a state.json written by this module gives them.
+_PARTITION_FIELDS: dict[str, tuple[type, ...]] = {
+    "cursor": (str, type(None)),
+    "done": (bool,),
+    "failed": (str, type(None)),
+    "limited": (bool,),
+    "updated_at": (str,),
+}
+
+
+def state_problem(state: Any) -> str | None:
+    """Why ``state`` (parsed ``state.json``) is not a crawl state this module wrote, or None.
+
+    Unknown keys are allowed (a newer toolkit may add some); known keys must have their types.
+    """
+    if not isinstance(state, dict):
+        return f"the top level is a JSON {type(state).__name__}, not an object"
+    version = state.get("version", STATE_VERSION)
+    if isinstance(version, bool) or version != STATE_VERSION:
+        return f"version {str(version)[:20]!r}, this toolkit reads version {STATE_VERSION}"
+    if not isinstance(state.get("fingerprint"), dict | type(None)):
+        return "fingerprint is not an object"
+    runs = state.get("runs", 0)
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 0:
+        return "runs is not a non-negative integer"
+    for key in ("created_at", "updated_at"):
+        if not isinstance(state.get(key, ""), str):
+            return f"{key} is not a string"
+    partitions = state.get("partitions", {})
+    if not isinstance(partitions, dict):
+        return "partitions is not an object"
+    for name, part in partitions.items():
+        label = f"partition {name[:60]!r}"
+        if not isinstance(part, dict):
+            return f"{label} is not an object"
+        for field, types in _PARTITION_FIELDS.items():
+            if field in part and not isinstance(part[field], types):
+                return f"{label}: {field} has type {type(part[field]).__name__}"
+        for field, value in part.items():
+            if field not in _PARTITION_FIELDS and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                return f"{label}: count {field[:40]!r} is not a non-negative integer"
+    return None
 
 
 class CrawlState:
@@ -56,13 +107,34 @@ class CrawlState:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def load(self) -> dict[str, Any]:
-        """The current state (an empty skeleton when there is none yet)."""
+        """The current state (an empty skeleton when there is none yet).
+
+        Raises:
+            FatalError: the file cannot be read, is not strict JSON, or does not have the shape this
+                module writes (one line, naming the file and how to recover).
+        """
         if not self.path.exists():
             return {"version": STATE_VERSION, "fingerprint": None, "partitions": {}}
         try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise FatalError(f"{self.path} is not valid JSON ({exc}); move it away to start over") from None
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise self._corrupt(f"cannot be read: {exc.strerror or type(exc).__name__}") from None
+        try:
+            state = safe_json.loads(data)
+        except safe_json.UnsafeJSON as exc:
+            raise self._corrupt(f"not valid JSON: {exc.reason}: {exc.detail}") from None
+        problem = state_problem(state)
+        if problem is not None:
+            raise self._corrupt(problem)
+        state.setdefault("partitions", {})
+        return state
+
+    def _corrupt(self, why: str) -> FatalError:
+        # One line whatever the parser said: the CLI prints the message as is.
+        why = " ".join(why.split())[:200]
+        return FatalError(f"{self.path}: unusable crawl state ({why}); delete it and run the same command "
+                          "again to re-list from the start (committed chunks are kept, nothing is stored "
+                          "twice), or use another --out")
 
     def begin(self, fingerprint: dict[str, Any]) -> dict[str, Any]:
         """Record ``fingerprint`` for a new crawl, or check it matches the crawl being resumed.
@@ -118,12 +190,15 @@ class FailureLog:
     def record(self, source: str, stage: str, ident: Any, reason: str, detail: str = "") -> None:
         """Append one failure (``detail`` is redacted and truncated)."""
         line = json.dumps({"source": source, "stage": stage, "id": ident, "reason": reason,
-                           "detail": redact(str(detail))[:500], "at": _now()}, ensure_ascii=False)
+                           "detail": redact(str(detail))[:500], "at": _now()}, ensure_ascii=False,
+                          default=str)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, (line + "\n").encode("utf-8"))
+                # errors="replace": a lone surrogate in a detail taken from hostile data must not turn
+                # "record this failure" into a crash.
+                os.write(fd, (line + "\n").encode("utf-8", errors="replace"))
             finally:
                 os.close(fd)
 

@@ -11,6 +11,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+#: Hosts example images may be fetched from by default (entries as in
+#: :func:`stylus_docs.http.host_allowed`): Civitai's image CDN (API-NOTES §1.3: every ``images[].url`` is
+#: ``https://image.civitai.com/...``) and the Hugging Face Hub, whose widget images are
+#: ``https://huggingface.co/{repo}/resolve/main/{path}`` (API-NOTES §2.3) and redirect, for LFS/Xet files,
+#: to the Hub's storage and CDN hosts (hub-docs "Downloading behind a proxy or firewall"; the legacy
+#: ``cdn-lfs`` and ``cas-bridge`` names are kept because older revisions still redirect there).
+DEFAULT_IMAGE_HOSTS: tuple[str, ...] = (
+    "image.civitai.com",
+    "huggingface.co",
+    "hf.co",
+    "*.cdn.hf.co",  # regional CDN edges, e.g. us.aws.cdn.hf.co
+    "cdn-lfs.huggingface.co",
+    "cdn-lfs.hf.co",
+    "cdn-lfs-us-1.hf.co",
+    "cdn-lfs-eu-1.hf.co",
+    "cas-bridge.xethub.hf.co",
+    "transfer.xethub.hf.co",
+    "transfer.xethub-eu.hf.co",
+    "cas-server.xethub.hf.co",
+    "cas-server.xethub-eu.hf.co",
+)
+
 
 @dataclass(slots=True)
 class Page:

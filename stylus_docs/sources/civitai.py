@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from stylus_docs import safe_json
 from stylus_docs.errors import FatalError, SkipRecord
 from stylus_docs.http import HttpClient
 from stylus_docs.sources import Page
@@ -103,13 +104,19 @@ def model_id(item: Any) -> int:
 
     Raises:
         SkipRecord: ``invalid_item`` when the item is not an object, has no integer id, or its
-            ``modelVersions`` is not a list of objects.
+            ``modelVersions`` is not a list of objects; ``too_deep``, ``non_finite_number`` or
+            ``invalid_unicode`` when it holds what :mod:`stylus_docs.safe_json` refuses (listing pages
+            are parsed leniently so that such an item costs one record, not the page).
     """
     if not isinstance(item, dict):
         raise SkipRecord("invalid_item", f"item is {type(item).__name__}, not an object")
     mid = item.get("id")
     if isinstance(mid, bool) or not isinstance(mid, int) or mid <= 0:
         raise SkipRecord("invalid_item", f"missing or non-integer model id: {str(mid)[:40]!r}")
+    problem = safe_json.find_problem(item)
+    if problem is not None:
+        # Stored as is, this item would be a snapshot line the build cannot read back (safe_json).
+        raise SkipRecord(problem[0], f"model {mid}: {problem[1]}")
     versions = item.get("modelVersions", [])
     if not isinstance(versions, list) or not all(isinstance(v, dict) for v in versions):
         raise SkipRecord("invalid_item", f"model {mid}: modelVersions is not a list of objects")
@@ -140,6 +147,10 @@ def page_from_body(body: Any, requested: str | None) -> Page:
     meta = body.get("metadata") or {}
     if not isinstance(meta, dict):
         raise SkipRecord("invalid_page", "metadata is not an object")
+    problem = safe_json.find_problem(meta)
+    if problem is not None:
+        # The cursor goes into state.json and the next URL: it must be plain JSON.
+        raise SkipRecord("invalid_page", f"metadata: {problem[0]}: {problem[1]}")
     nxt = meta.get("nextCursor")
     if nxt is None and isinstance(meta.get("nextPage"), str):
         # Some eras only give nextPage; follow it only when it carries a cursor (page numbers are capped).
@@ -166,7 +177,8 @@ class CivitaiSource:
     def fetch_page(self, params: list[tuple[str, str]], cursor: str | None) -> Page:
         """Fetch one listing page (``cursor`` None: the first page)."""
         pairs = list(params) + ([("cursor", cursor)] if cursor else [])
-        body, _ = self.client.get_json("/api/v1/models", pairs)
+        # Lenient parse: items are checked one by one (model_id), so one hostile item costs one record.
+        body, _ = self.client.get_json("/api/v1/models", pairs, strict=False)
         return page_from_body(body, cursor)
 
     def iter_pages(self, params: list[tuple[str, str]], cursor: str | None = None) -> Iterator[Page]:
@@ -187,7 +199,8 @@ class CivitaiSource:
         ``_images_error`` holds the reason.
 
         Raises:
-            HttpFailure: the version call failed.
+            HttpFailure: the version call failed (a body refused by :mod:`stylus_docs.safe_json` too:
+                reason ``too_deep``, ``non_finite_number`` or ``invalid_unicode``).
             SkipRecord: ``invalid_version`` when the response is not a version object with this id.
         """
         body, _ = self.client.get_json(f"/api/v1/model-versions/{int(version_id)}")

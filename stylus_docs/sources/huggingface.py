@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from stylus_docs import safe_json
 from stylus_docs.errors import SkipRecord
 from stylus_docs.http import HttpClient, HttpFailure
 from stylus_docs.sources import Page
@@ -60,13 +61,17 @@ def repo_id(item: Any) -> str:
     """Validate one listing item; return its ``owner/name`` repo id.
 
     Raises:
-        SkipRecord: ``invalid_item`` for a non-object or a missing/malformed id.
+        SkipRecord: ``invalid_item`` for a non-object or a missing/malformed id; ``too_deep``,
+            ``non_finite_number`` or ``invalid_unicode`` for what :mod:`stylus_docs.safe_json` refuses.
     """
     if not isinstance(item, dict):
         raise SkipRecord("invalid_item", f"item is {type(item).__name__}, not an object")
     rid = item.get("id", item.get("modelId"))
     if not isinstance(rid, str) or not _REPO_ID.match(rid) or ".." in rid:
         raise SkipRecord("invalid_item", f"missing or malformed repo id: {str(rid)[:60]!r}")
+    problem = safe_json.find_problem(item)
+    if problem is not None:
+        raise SkipRecord(problem[0], f"{rid}: {problem[1]}")
     return rid
 
 
@@ -87,17 +92,21 @@ class HuggingFaceSource:
             HttpFailure: the request failed.
             SkipRecord: ``invalid_page`` when the body is not a JSON array.
         """
+        # Lenient parse: items are checked one by one (repo_id), so one hostile item costs one record.
         if next_url:
-            body, resp = self.client.get_json(next_url)
+            body, resp = self.client.get_json(next_url, strict=False)
         else:
-            body, resp = self.client.get_json("/api/models", params)
+            body, resp = self.client.get_json("/api/models", params, strict=False)
         if not isinstance(body, list):
             raise SkipRecord("invalid_page", f"listing body is {type(body).__name__}, not an array")
         nxt = (resp.links.get("next") or {}).get("url")
         return Page(items=body, next=nxt or None, requested=next_url)
 
     def fetch_card(self, item: dict[str, Any]) -> tuple[str | None, str | None]:
-        """README of ``item``'s repo at its ``sha`` (else main): ``(text, None)`` or ``(None, reason)``."""
+        """README of ``item``'s repo at its ``sha`` (else main): ``(text, None)`` or ``(None, reason)``.
+
+        The text is capped by the client's ``max_text_bytes`` (2 MiB by default; reason ``body_too_large``).
+        """
         rid = repo_id(item)
         sha = item.get("sha")
         revision = sha if isinstance(sha, str) and _SHA.match(sha) else "main"
