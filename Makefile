@@ -7,7 +7,7 @@ OUT ?= data/out
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup build query test bench eval-retrieval lint clean
+.PHONY: help setup build stylus-sample query test bench eval-retrieval lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ setup: $(STAMP) ## create .venv and install the package with every extra the tes
 
 build: setup ## the main job: crawl the bundled sample through the replay server, build a release, query it
 	$(PY) scripts/build_sample.py --out $(OUT)
+
+stylus-sample: setup ## the whole Stylus build on the sample on CPU: render (tiny model) -> VLM refine (loopback) -> embed
+	$(PY) scripts/build_stylus_sample.py --out $(OUT)/stylus
 
 query: setup ## example query against the sample release built by `make build`
 	$(VENV)/bin/stylus-docs query "a graffiti of a corgi on the wall" --docs $(OUT)/docs -k 10

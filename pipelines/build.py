@@ -34,7 +34,7 @@ from stylus_docs import release, writer
 from stylus_docs.beam_options import make_pipeline_options, split_beam_args
 from stylus_docs.build import rules
 from stylus_docs.build.config import BuildConfig, add_arguments, config_from_args
-from stylus_docs.embed import EmbedderInfo, embedder_info
+from stylus_docs.embedding import EmbedderInfo, embedder_info
 from stylus_docs.errors import FatalError
 from stylus_docs.normalize.raw import RawFile, discover
 from stylus_docs.secrets import redact
@@ -72,7 +72,7 @@ def build_pipeline(p: beam.Pipeline, config: BuildConfig, files: list[RawFile], 
     if config.refiner == "extractive":
         refined = to_refine | "Refine" >> stages.ExtractiveRefine()
     else:
-        refined = to_refine | "Refine" >> stages.OpenAIRefine(config, build_dir.name)
+        refined = to_refine | "Refine" >> stages.OpenAIRefine(config, build_dir)
     to_embed = (refined["cards"], reuse["embed"]) | "ToEmbed" >> beam.Flatten()
     embedded = to_embed | "Embed" >> stages.Embed(
         config.embedder, config.embedder_model, info, config.embed_batch

@@ -32,7 +32,7 @@ from apache_beam.utils import shared
 from stylus_docs import writer
 from stylus_docs.build import rules
 from stylus_docs.build.config import BuildConfig
-from stylus_docs.embed import EmbedderInfo, embed_cards, load_embedder
+from stylus_docs.embedding import EmbedderInfo, embed_cards, load_embedder
 from stylus_docs.errors import RetryableError, SkipRecord
 from stylus_docs.filters import FilterConfig, apply_filters, filter_images
 from stylus_docs.normalize import civitai, huggingface
@@ -338,8 +338,9 @@ class ExtractiveRefine(beam.PTransform):
 class _BuildRequestStep:
     """Card → ``card`` output (keyed, for the join with answers) and ``req`` output (chat request)."""
 
-    def __init__(self, vlm: Any) -> None:
+    def __init__(self, vlm: Any, render_root: str | None = None) -> None:
         self.vlm = vlm
+        self.render_root = render_root
 
     def setup(self) -> None:
         import requests
@@ -353,7 +354,7 @@ class _BuildRequestStep:
         from stylus_docs.refine.openai_vlm import build_request
 
         yield Tagged("card", (card.adapter_id, card))
-        yield Tagged("req", build_request(card, self.vlm, self.prompt, self.session))
+        yield Tagged("req", build_request(card, self.vlm, self.prompt, self.session, self.render_root))
 
     def teardown(self) -> None:
         self.session.close()
@@ -388,44 +389,49 @@ class _ApplyCacheStep:
 
 def _apply_result(group: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
     adapter_id, joined = group
+    outcome = joined["result"][0] if joined["result"] else None
+    if outcome is not None:  # what the endpoint was asked for this adapter, failed answers included
+        yield Event("refine_usage/requests", outcome.requests)
+        yield Event("refine_usage/prompt_tokens", outcome.prompt_tokens)
+        yield Event("refine_usage/completion_tokens", outcome.completion_tokens)
     for card in joined["card"]:
         if joined["failed"]:
             yield Dead("refine", "retries_exhausted", adapter_id, joined["failed"][0])
             continue
-        outcome = joined["result"][0] if joined["result"] else None
         if outcome is None or outcome.refinement is None:
             reason = outcome.reason if outcome is not None else "no_answer"
             yield Dead("refine", reason or "no_answer", adapter_id, outcome.detail if outcome else None)
             continue
         card.apply_refinement(outcome.refinement)
         yield Event("refined")
-        yield Tagged("new_cache", rules.cache_entry(card))
         yield card
 
 
-def _write_cache(
-    group: tuple[int, Iterable[dict[str, Any]]], cache_dir: str, build_id: str, model: str
-) -> int:
-    from stylus_docs.atomic import atomic_write_text
-
-    entries = sorted(group[1], key=lambda e: e["content_hash"])
-    text = "".join(json.dumps({**e, "model": model}, sort_keys=True) + "\n" for e in entries)
-    atomic_write_text(Path(cache_dir) / f"{build_id}.jsonl", text)
-    return len(entries)
+def _deferred_step(card: AdapterCard) -> Iterator[Any]:
+    """Over the ``--refine-max-requests`` budget: the extractive refinement, asked for next build."""
+    card.apply_refinement(refine_extractive(card))
+    yield Event("refine_deferred")
+    yield Event("refined")
+    yield card
 
 
 class OpenAIRefine(beam.PTransform):
-    """Refine through RunInference + :class:`OpenAIRefineHandler`, with a content-hash cache.
+    """Refine through RunInference + :class:`OpenAIRefineHandler`, with a crash-safe answer cache.
 
-    The cache is JSONL under ``DOCS/cache/refine/<refiner>/`` keyed by (content hash, model); it is read
-    into the pipeline and joined by content hash, and this build's new answers are written to a new
-    cache file in the same directory.
+    Answers live as JSONL under ``DOCS/cache/refine/<refiner>-<version>/``: the handler appends each
+    answer to its own journal file the moment it arrives (:class:`~stylus_docs.refine.journal.AnswerJournal`),
+    so a build killed mid-refine keeps every answer it paid for; the next build reads every file in the
+    directory and joins by content hash, so only adapters without an answer are asked. Requests run
+    ``--refine-concurrency`` at a time per worker under a shared requests/tokens-per-minute limit. With
+    ``--refine-max-requests N`` only the first N adapters (by content hash) without an answer are sent;
+    the rest get the extractive refinement (``refiner = extractive@v1``) and are asked next time.
+    Token usage and request counts go to the manifest (``counts.refine_usage``).
     """
 
-    def __init__(self, config: BuildConfig, build_id: str) -> None:
+    def __init__(self, config: BuildConfig, build_dir: Path) -> None:
         super().__init__()
         self.config = config
-        self.build_id = build_id
+        self.build_dir = build_dir
 
     def cache_dir(self) -> Path:
         return Path(self.config.out) / "cache" / "refine" / self.config.refiner_id.replace("@", "-")
@@ -433,24 +439,35 @@ class OpenAIRefine(beam.PTransform):
     def expand(self, cards: beam.PCollection) -> dict[str, Any]:
         from apache_beam.ml.inference.base import RunInference
 
+        from stylus_docs.refine.journal import iter_answer_file
         from stylus_docs.refine.openai_vlm import OpenAIRefineHandler, VLMConfig
 
         cfg = self.config
-        vlm = VLMConfig(model=cfg.refiner_model or "gpt-4o-mini", max_images=cfg.vlm_max_images,
-                        num_retries=cfg.vlm_retries)  # fmt: skip
         cache_dir = self.cache_dir()
+        vlm = VLMConfig(
+            model=cfg.refiner_model or "gpt-4o-mini", max_images=cfg.vlm_max_images,
+            num_retries=cfg.vlm_retries,
+            concurrency=cfg.refine_concurrency, rpm=cfg.refine_rpm, tpm=cfg.refine_tpm,
+            journal_dir=str(cache_dir), build_id=self.build_dir.name,
+        )  # fmt: skip
         p = cards.pipeline
         files = sorted(str(f) for f in cache_dir.glob("*.jsonl")) if cache_dir.is_dir() else []
         cached = (
-            p
-            | "ListCache" >> beam.Create(files)
-            | "ReadCache" >> beam.FlatMap(rules.read_cache_file, vlm.model)
+            p | "ListCache" >> beam.Create(files) | "ReadCache" >> beam.FlatMap(iter_answer_file, vlm.model)
         )
         joined = {"cur": cards | "KeyByHash" >> beam.Map(lambda c: (c.content_hash, c)), "cache": cached} | (
             "JoinCache" >> beam.CoGroupByKey()
         )
         hits = route(joined, "ApplyCache", _ApplyCacheStep(cfg.refiner_id), "miss")
-        reqs = route(hits["miss"], "BuildRequests", _BuildRequestStep(vlm), "card", "req")
+        parts: list[Any] = [hits]
+        to_ask = hits["miss"]
+        deferred: list[beam.PCollection] = []
+        if cfg.refine_max_requests is not None:
+            to_ask, over = self._budget(to_ask, cfg.refine_max_requests)
+            later = route(over, "Deferred", _deferred_step)
+            parts.append(later)
+            deferred.append(later.main)
+        reqs = route(to_ask, "BuildRequests", _BuildRequestStep(vlm, str(self.build_dir)), "card", "req")
         main, dlq = (
             reqs["req"] | "RunInference" >> RunInference(OpenAIRefineHandler(vlm)).with_exception_handling()
         )
@@ -459,15 +476,26 @@ class OpenAIRefine(beam.PTransform):
             "result": main | "ResultKey" >> beam.Map(lambda r: (r.example.adapter_id, r.inference)),
             "failed": dlq.failed_inferences | "FailedKey" >> beam.FlatMap(_failed_keys),
         } | "JoinResults" >> beam.CoGroupByKey()
-        applied = route(answers, "ApplyResults", _apply_result, "new_cache")
-        _ = (
-            applied["new_cache"]
-            | "CacheKey" >> beam.Map(lambda e: (0, e))
-            | "GroupCache" >> beam.GroupByKey()
-            | "WriteCache" >> beam.Map(_write_cache, str(cache_dir), self.build_id, vlm.model)
+        applied = route(answers, "ApplyResults", _apply_result)
+        parts += [reqs, applied]
+        refined = (hits.main, applied.main, *deferred) | "MergeRefined" >> beam.Flatten()
+        return stage_outputs(p, "OpenAIRefine", parts, cards=refined)
+
+    @staticmethod
+    def _budget(misses: beam.PCollection, limit: int) -> tuple[beam.PCollection, beam.PCollection]:
+        """Split by the ``limit`` smallest content hashes: a deterministic choice, exact on any runner."""
+        if limit <= 0:
+            return misses | "AskNone" >> beam.Filter(lambda _c: False), misses
+        chosen = (
+            misses
+            | "Hashes" >> beam.Map(lambda c: c.content_hash)
+            | "Smallest" >> beam.combiners.Top.Smallest(limit)
+            | "AsSet" >> beam.Map(set)
         )
-        refined = (hits.main, applied.main) | "MergeRefined" >> beam.Flatten()
-        return stage_outputs(p, "OpenAIRefine", [hits, reqs, applied], cards=refined)
+        split = misses | "Budget" >> beam.Partition(
+            lambda c, _n, keep: 0 if c.content_hash in keep else 1, 2, keep=beam.pvalue.AsSingleton(chosen)
+        )
+        return split[0], split[1]
 
 
 # --------------------------------------------------------------------------------------------- embed

@@ -125,7 +125,7 @@ def test_vlm_every_answer_mode(tmp_path: Path) -> None:
         got = {r["title"].split()[-1]: r for r in rows}
         assert set(got) == {"valid", "fenced", "rate", "slow", "refuse_rf"}
         assert all(
-            r["refiner"] == "openai@v1" and r["recommended_weight"] == pytest.approx(0.6) for r in rows
+            r["refiner"] == "openai@v2" and r["recommended_weight"] == pytest.approx(0.6) for r in rows
         )
         assert got["valid"]["refined_description"] == "What valid does."
         chats = server.requests_to("/chat/completions")

@@ -110,8 +110,28 @@ class BuildConfig:
     refiner_model: str | None = field(
         default=None, metadata=flag("chat model of the openai refiner", metavar="NAME")
     )
-    vlm_max_images: int = field(default=4, metadata=flag("images sent to the VLM per adapter"))
+    vlm_max_images: int = field(
+        default=8,
+        metadata=flag(
+            "images sent to the VLM per adapter: rendered pairs first, then the creators' examples"
+        ),
+    )
     vlm_retries: int = field(default=4, metadata=flag("retries of a VLM request on 429/5xx"))
+    refine_concurrency: int = field(default=16, metadata=flag("VLM requests in flight per worker"))
+    refine_rpm: float | None = field(
+        default=None, metadata=flag("client-side limit of VLM requests per minute (per process)", metavar="N")
+    )
+    refine_tpm: float | None = field(
+        default=None, metadata=flag("client-side limit of VLM tokens per minute (per process)", metavar="N")
+    )
+    refine_max_requests: int | None = field(
+        default=None,
+        metadata=flag(
+            "ask the VLM about at most N adapters this build; the rest are refined extractively and asked "
+            "next time",
+            metavar="N",
+        ),
+    )
     embedder: str = field(
         default="minilm", metadata=flag("embedding backend", choices=("minilm", "openai", "clip"))
     )
@@ -170,6 +190,12 @@ class BuildConfig:
             raise FatalError("--keep must be at least 1")
         if self.embed_batch < 1:
             raise FatalError("--embed-batch must be at least 1")
+        if self.refine_concurrency < 1:
+            raise FatalError("--refine-concurrency must be at least 1")
+        if any(v is not None and v <= 0 for v in (self.refine_rpm, self.refine_tpm)):
+            raise FatalError("--refine-rpm and --refine-tpm must be positive")
+        if self.refine_max_requests is not None and self.refine_max_requests < 0:
+            raise FatalError("--refine-max-requests must be >= 0")
         if self.vlm_max_images < 0 or self.vlm_retries < 0:
             raise FatalError("--vlm-max-images and --vlm-retries must be >= 0")
         if self.render_prompts < 1:

@@ -7,12 +7,10 @@ directly.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from stylus_docs import safe_json
 from stylus_docs.errors import FatalError
 from stylus_docs.normalize import civitai
 from stylus_docs.records import NOT_RENDERED, AdapterCard, Refinement
@@ -93,34 +91,9 @@ def reuse_decision(card: AdapterCard, prev: dict[str, Any] | None, refiner_id: s
 
 
 # --------------------------------------------------------------------------------------------- refine cache
-def read_cache_file(path: str | Path, model: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(content_hash, entry)`` of one cache/journal JSONL file, for ``model``; bad lines are skipped.
-
-    A journal cut short by ``kill -9`` ends in a torn line; that answer is simply asked again.
-    """
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                entry = safe_json.loads(line)
-            except safe_json.UnsafeJSON:
-                continue
-            if isinstance(entry, dict) and entry.get("model") == model and entry.get("content_hash"):
-                yield str(entry["content_hash"]), entry
-
-
 def cached_refinement(entry: dict[str, Any], refiner_id: str) -> Refinement:
     """The refinement a cache entry holds."""
     return Refinement(entry["description"], entry["category"], float(entry["recommended_weight"]), refiner_id)
-
-
-def cache_entry(card: AdapterCard) -> dict[str, Any]:
-    """The cache entry of a freshly refined card (no secrets: only the answer)."""
-    return {
-        "content_hash": card.content_hash,
-        "description": card.refined_description,
-        "category": card.category,
-        "recommended_weight": card.recommended_weight,
-    }
 
 
 # --------------------------------------------------------------------------------------------- manifest
@@ -145,8 +118,8 @@ def counts(stats: dict[str, int], files: list[dict[str, Any]]) -> dict[str, Any]
     if rendered:
         out["rendered"] = rendered
     usage = group("refine_usage")
-    if usage:
-        out["refine_usage"] = usage
+    if usage or stats.get("refine_deferred"):
+        out["refine_usage"] = {**usage, "deferred": stats.get("refine_deferred", 0)}
     return out
 
 
