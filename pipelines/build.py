@@ -30,6 +30,7 @@ from typing import Any
 import apache_beam as beam
 
 from pipelines import stages
+from stylus_docs import progress as stage_bars
 from stylus_docs import release, writer
 from stylus_docs.beam_options import make_pipeline_options, split_beam_args
 from stylus_docs.build import rules
@@ -66,13 +67,13 @@ def build_pipeline(p: beam.Pipeline, config: BuildConfig, files: list[RawFile], 
     if config.render:
         cache = config.render_cache or str(Path(config.out) / "cache" / "weights")
         downloaded = to_refine | "Download" >> stages.Download(cache)
-        rendered = downloaded["cards"] | "Render" >> stages.Render(config, build_dir)
+        rendered = downloaded["cards"] | "Render" >> stages.Render(config, build_dir, progress)
         to_refine = rendered["cards"]
         parts += [downloaded, rendered]
     if config.refiner == "extractive":
         refined = to_refine | "Refine" >> stages.ExtractiveRefine()
     else:
-        refined = to_refine | "Refine" >> stages.OpenAIRefine(config, build_dir)
+        refined = to_refine | "Refine" >> stages.OpenAIRefine(config, build_dir, progress)
     to_embed = (refined["cards"], reuse["embed"]) | "ToEmbed" >> beam.Flatten()
     embedded = to_embed | "Embed" >> stages.Embed(
         config.embedder, config.embedder_model, info, config.embed_batch
@@ -178,6 +179,7 @@ def _run_locked(config: BuildConfig, files: list[RawFile], info: EmbedderInfo, d
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise FatalError("build failed: " + redact(last)) from exc
     finally:
+        stage_bars.close_all()
         if not ok and release.current_build_id(docs) != build_id:
             shutil.rmtree(build_dir, ignore_errors=True)
 

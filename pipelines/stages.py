@@ -29,7 +29,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils import shared
 
-from stylus_docs import writer
+from stylus_docs import progress, writer
 from stylus_docs.build import rules
 from stylus_docs.build.config import BuildConfig
 from stylus_docs.embedding import EmbedderInfo, embed_cards, load_embedder
@@ -428,10 +428,11 @@ class OpenAIRefine(beam.PTransform):
     Token usage and request counts go to the manifest (``counts.refine_usage``).
     """
 
-    def __init__(self, config: BuildConfig, build_dir: Path) -> None:
+    def __init__(self, config: BuildConfig, build_dir: Path, show_progress: bool = False) -> None:
         super().__init__()
         self.config = config
         self.build_dir = build_dir
+        self.show_progress = show_progress
 
     def cache_dir(self) -> Path:
         return Path(self.config.out) / "cache" / "refine" / self.config.refiner_id.replace("@", "-")
@@ -467,6 +468,8 @@ class OpenAIRefine(beam.PTransform):
             later = route(over, "Deferred", _deferred_step)
             parts.append(later)
             deferred.append(later.main)
+        # The bar counts requests sent (cache hits and deferred adapters cost nothing); the handler ticks it.
+        to_ask = to_ask | "ExpectRefine" >> ExpectProgress("refine", self.show_progress)
         reqs = route(to_ask, "BuildRequests", _BuildRequestStep(vlm, str(self.build_dir)), "card", "req")
         main, dlq = (
             reqs["req"] | "RunInference" >> RunInference(OpenAIRefineHandler(vlm)).with_exception_handling()
@@ -545,6 +548,35 @@ class Embed(beam.PTransform):
 
 
 # --------------------------------------------------------------------------------------------- write
+def _announce(element: Any, label: str, total: int, enabled: bool) -> Any:
+    progress.expect(label, total, enabled=enabled)
+    return element
+
+
+class ExpectProgress(beam.PTransform):
+    """Pass-through that opens the ``label`` bar of :mod:`stylus_docs.progress` with its input's size.
+
+    The count is a side input, so the elements pass once it is known; whoever finishes the work then
+    calls :func:`stylus_docs.progress.tick`. With ``enabled`` false this is a plain pass-through.
+    """
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        super().__init__()
+        # Not ``self.label``: that is the PTransform's own name.
+        self.bar, self.enabled = label, enabled
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        if not self.enabled:
+            return pcoll
+        total = pcoll | "Count" >> beam.combiners.Count.Globally()
+        return pcoll | "Announce" >> beam.Map(_announce, self.bar, beam.pvalue.AsSingleton(total), True)
+
+
+def _tick(element: Any, label: str) -> Any:
+    progress.tick(label)
+    return element
+
+
 class Progress(beam.DoFn):
     """Pass-through that ticks a tqdm bar on a terminal (in-process runner only)."""
 
@@ -771,9 +803,9 @@ class Render(beam.PTransform):
     the base pipeline once per process and records whether the LoRA loads at all and why not.
     """
 
-    def __init__(self, config: BuildConfig, build_dir: Path) -> None:
+    def __init__(self, config: BuildConfig, build_dir: Path, show_progress: bool = False) -> None:
         super().__init__()
-        self.config, self.build_dir = config, build_dir
+        self.config, self.build_dir, self.show_progress = config, build_dir, show_progress
 
     def expand(self, cards: beam.PCollection) -> dict[str, Any]:
         from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
@@ -791,8 +823,10 @@ class Render(beam.PTransform):
         ready, skipped = split[0], split[1]
         results = (
             ready
+            | "ExpectRender" >> ExpectProgress("render", self.show_progress)
             | "RenderInput" >> beam.Map(lambda c: (c.adapter_id, render_input(c)))
             | "RenderAdapters" >> RunInference(KeyedModelHandler(DiffusersRenderModelHandler(render_config)))
+            | "RenderTick" >> beam.Map(_tick, "render")
         )
         joined = {"card": ready | "KeyCard" >> beam.Map(lambda c: (c.adapter_id, c)), "result": results} | (
             "JoinRender" >> beam.CoGroupByKey()

@@ -172,3 +172,23 @@ def test_routed_counts_each_marker_once() -> None:
         )
         assert_that(out[stages.FILTERED], equal_to(["odd"] * 3), label="f")
         assert_that(out[stages.EVENTS], equal_to([("kept", 1)] * 3), label="e")
+
+
+def test_expect_progress_opens_a_bar_with_the_input_size(capfd: pytest.CaptureFixture[str]) -> None:
+    from stylus_docs import progress
+
+    with _pipeline() as p:
+        out = (
+            p
+            | beam.Create(list(range(7)))
+            | "Expect" >> stages.ExpectProgress("unit-bar", True)
+            | "Tick" >> beam.Map(stages._tick, "unit-bar")
+        )
+        assert_that(out, equal_to(list(range(7))))
+    err = capfd.readouterr().err
+    assert "unit-bar: 100%" in err and "7/7" in err
+    assert not progress.is_open("unit-bar")  # closed when the total was reached
+    with _pipeline() as p:  # disabled: a plain pass-through, no bar
+        out = p | beam.Create([1, 2]) | stages.ExpectProgress("quiet-bar", False)
+        assert_that(out, equal_to([1, 2]))
+    assert "quiet-bar" not in capfd.readouterr().err

@@ -35,7 +35,7 @@ import requests
 import tenacity
 from apache_beam.ml.inference.base import PredictionResult, RemoteModelHandler
 
-from stylus_docs import safe_json
+from stylus_docs import progress, safe_json
 from stylus_docs.errors import FatalError
 from stylus_docs.records import AdapterCard, Refinement
 from stylus_docs.refine.journal import AnswerJournal
@@ -481,7 +481,7 @@ class OpenAIRefineHandler(RemoteModelHandler[RefineRequest, PredictionResult, An
         # routes every element through one shared key — a streaming feature that would serialise a
         # batch build through one worker.
         c = self.config.concurrency
-        return {"min_batch_size": c, "max_batch_size": c * 4}
+        return {"min_batch_size": c, "max_batch_size": c * 8}
 
     def runtime(self) -> _Runtime:
         """The thread pool, rate limiter and journal of this instance (created on first use)."""
@@ -698,6 +698,7 @@ class OpenAIRefineHandler(RemoteModelHandler[RefineRequest, PredictionResult, An
         outcome.requests = usage.requests
         outcome.prompt_tokens = usage.prompt_tokens
         outcome.completion_tokens = usage.completion_tokens
+        progress.tick("refine")  # no-op unless the build opened a bar (a terminal, in-process runner)
         return outcome
 
     def request(self, batch: Sequence[RefineRequest], model: Any,
