@@ -343,11 +343,11 @@ class _BuildRequestStep:
         self.render_root = render_root
 
     def setup(self) -> None:
-        import requests
-
+        from stylus_docs.http import bounded_session
         from stylus_docs.refine.openai_vlm import load_prompt
 
-        self.session = requests.Session()
+        # A session that shuts a socket at the fetch's deadline, even while headers trickle in.
+        self.session = bounded_session()
         self.prompt = load_prompt()
 
     def __call__(self, card: AdapterCard) -> Iterator[Any]:
@@ -450,6 +450,7 @@ class OpenAIRefine(beam.PTransform):
             num_retries=cfg.vlm_retries,
             concurrency=cfg.refine_concurrency, rpm=cfg.refine_rpm, tpm=cfg.refine_tpm,
             journal_dir=str(cache_dir), build_id=self.build_dir.name,
+            image_api_hosts=cfg.image_api_hosts(),
         )  # fmt: skip
         p = cards.pipeline
         files = sorted(str(f) for f in cache_dir.glob("*.jsonl")) if cache_dir.is_dir() else []

@@ -9,7 +9,8 @@ Every call the toolkit makes to Civitai, the Hugging Face Hub or a download host
 * **Explicit timeouts** ``(connect, read)`` on every request, and a **total deadline** per attempt
   (``deadline``, default 120 s) enforced while the body streams in: the time left is checked after every
   chunk and each socket read may wait no longer than the time left, so a server trickling one byte at a
-  time cannot hold a worker beyond the deadline. A spent deadline is the transient reason
+  time cannot hold a worker beyond the deadline; a watchdog (:class:`DeadlineAdapter`) does the same for
+  a status line and headers trickled in. A spent deadline is the transient reason
   ``deadline_exceeded``, retried like ``timeout`` (the existing policy for slow answers): one call is
   then bounded by about ``max_attempts × deadline`` plus the backoff waits.
 * **Size caps** on bodies read into memory: JSON pages ``max_json_bytes`` (32 MiB), text documents
@@ -21,7 +22,9 @@ Every call the toolkit makes to Civitai, the Hugging Face Hub or a download host
   ``Infinity`` / overflowing numbers and lone surrogate escapes are refused with the reasons
   ``too_deep``, ``non_finite_number``, ``invalid_unicode`` (not retried; :class:`RecursionError` never
   escapes). ``get_json(..., strict=False)`` lets a listing through whose items the caller checks one by
-  one with :func:`stylus_docs.safe_json.find_problem`, so one hostile item costs one record, not a page.
+  one with :func:`stylus_docs.safe_json.find_problem`, so one hostile item costs one record, not a page;
+  an item nested beyond the parser's recursion limit is first cut down by :func:`cut_deep_containers`
+  (still too deep for ``find_problem``), so even a 200,000-deep item leaves the rest of its page.
 * **A per-host rate limiter** (requests per second, thread-safe, shared by every thread using the client).
 * **A tenacity retry policy.** Bounded exponential backoff with full jitter on 429, 5xx, timeouts,
   connection errors, truncated bodies, invalid JSON and HTML served instead of JSON (even with status
@@ -58,6 +61,7 @@ import json
 import logging
 import random
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -68,6 +72,8 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
+import urllib3.connection
+import urllib3.connectionpool
 from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
@@ -146,6 +152,89 @@ class _Transient(RetryableError):
         self.status = status
 
 
+# The deadline of the attempt the current thread is making (read by _HeaderDeadline).
+_ATTEMPT = threading.local()
+
+
+def _shutdown_socket(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _HeaderDeadline:
+    """Mixin for urllib3 connections: waiting for the status line and headers stops at the deadline.
+
+    Socket timeouts bound one read, not the headers: a server sending one header byte per second never
+    trips them. While ``getresponse`` runs, a timer shuts the socket down when the attempt's deadline
+    (thread-local, set by :func:`_attempt_deadline`) passes; the read then fails at once and the caller,
+    seeing the deadline spent, reports ``deadline_exceeded``.
+    """
+
+    def getresponse(self) -> Any:
+        deadline = getattr(_ATTEMPT, "deadline", None)
+        sock = getattr(self, "sock", None)
+        if deadline is None or sock is None:
+            return super().getresponse()  # type: ignore[misc]
+        timer = threading.Timer(max(deadline - time.monotonic(), 0.0), _shutdown_socket, (sock,))
+        timer.daemon = True
+        timer.start()
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        finally:
+            timer.cancel()
+
+
+class _HTTPConnection(_HeaderDeadline, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_HeaderDeadline, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """:class:`~requests.adapters.HTTPAdapter` whose connections honour :func:`_attempt_deadline`."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+@contextlib.contextmanager
+def _attempt_deadline(deadline: float | None) -> Iterator[None]:
+    """Make ``deadline`` the limit of header waits of this thread's requests (DeadlineAdapter)."""
+    previous = getattr(_ATTEMPT, "deadline", None)
+    _ATTEMPT.deadline = deadline
+    try:
+        yield
+    finally:
+        _ATTEMPT.deadline = previous
+
+
+def _spent(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S
+
+
+def bounded_session() -> requests.Session:
+    """A :class:`requests.Session` for :func:`fetch_bounded` callers that keep one (a Beam DoFn's
+    ``setup``): its connections honour the header deadline, and like :class:`HttpClient` it reads no
+    ``~/.netrc`` credentials or proxy settings from the environment."""
+    session = requests.Session()
+    adapter = DeadlineAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.trust_env = False
+    return session
+
+
 class FetchError(SkipRecord):
     """A bounded fetch or body read that stopped early; ``reason`` says why.
 
@@ -163,11 +252,10 @@ def clip_timeout(timeout: tuple[float, float], deadline: float | None) -> tuple[
     return min(timeout[0], left), min(timeout[1], left)
 
 
-def _timeout_reason(deadline: float | None) -> str:
-    """``deadline_exceeded`` when a timeout fired at the deadline (it was clipped to it), else ``timeout``."""
-    if deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S:
-        return "deadline_exceeded"
-    return "timeout"
+def _timeout_reason(deadline: float | None, other: str = "timeout") -> str:
+    """``deadline_exceeded`` when a timeout (or the header watchdog's shutdown) came at the deadline,
+    else ``other``."""
+    return "deadline_exceeded" if _spent(deadline) else other
 
 
 def _set_read_timeout(resp: requests.Response, seconds: float) -> None:
@@ -388,7 +476,7 @@ def fetch_bounded(
         max_redirects: redirects followed at most.
         content_types: accepted media types of the final answer (None: any); checked before the body
             is read.
-        session: session to use (default: a new one, closed afterwards).
+        session: session to use (default: a new :func:`bounded_session`, closed afterwards).
 
     Returns:
         The final response's URL, status (200), media type and body.
@@ -401,9 +489,9 @@ def fetch_bounded(
     wanted = {t.lower() for t in content_types} if content_types is not None else None
     deadline = time.monotonic() + deadline_s
     own = session is None
-    getter = session if session is not None else requests.Session()
-    if own:
-        getter.trust_env = False  # as HttpClient: no ~/.netrc credentials or proxy settings from the env
+    # Our own session bounds header waits too (DeadlineAdapter); a caller's does when it comes from
+    # bounded_session() (a plain requests.Session bounds the body and each read, not a header trickle).
+    getter = session if session is not None else bounded_session()
     redirects: list[str] = []
     current = url
     try:
@@ -414,12 +502,14 @@ def fetch_bounded(
             if time.monotonic() >= deadline:
                 raise FetchError("deadline_exceeded", f"{safe_url(current)}: no answer within {deadline_s} s")
             try:
-                resp = getter.get(current, timeout=clip_timeout(timeout, deadline), stream=True,
-                                  allow_redirects=False)
+                with _attempt_deadline(deadline):
+                    resp = getter.get(current, timeout=clip_timeout(timeout, deadline), stream=True,
+                                      allow_redirects=False)
             except requests.Timeout:
                 raise FetchError(_timeout_reason(deadline), safe_url(current)) from None
             except requests.ConnectionError as exc:
-                raise FetchError("connection_error", f"{safe_url(current)}: {type(exc).__name__}") from None
+                raise FetchError(_timeout_reason(deadline, "connection_error"),
+                                 f"{safe_url(current)}: {type(exc).__name__}") from None
             except requests.RequestException as exc:
                 raise FetchError("bad_url", f"{safe_url(current)}: {type(exc).__name__}") from None
             with resp:
@@ -631,7 +721,7 @@ class HttpClient:
         self.limiter = RateLimiter(rps)
         self.session = requests.Session()
         # urllib3 retries are off: tenacity owns the policy, so every retry is counted once, by reason.
-        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=pool_size, max_retries=0)
+        adapter = DeadlineAdapter(pool_connections=8, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = user_agent
@@ -660,8 +750,9 @@ class HttpClient:
             params: query parameters (a list of pairs repeats a key: ``[("types", "LORA"), ...]``).
             headers: extra request headers.
             strict: parse with :func:`stylus_docs.safe_json.loads` (too deep, non-finite numbers and lone
-                surrogates refused). False: only nesting beyond the parser's recursion limit is refused
-                (``too_deep``); the caller must check what it keeps with
+                surrogates refused). False: :func:`json.loads`, with containers nested deeper than
+                :data:`LENIENT_MAX_DEPTH` cut to empty ones when it hits the recursion limit (``too_deep``
+                only when even that fails); the caller must check what it keeps with
                 :func:`stylus_docs.safe_json.find_problem` (listings do it per item).
             max_bytes: cap for this call (default ``max_json_bytes``).
 
@@ -770,15 +861,17 @@ class HttpClient:
         try:
             try:
                 # Always streamed: the body is read here, chunk by chunk, so the cap and the deadline hold.
-                resp = self.session.get(url, params=params, headers=req_headers,
-                                        timeout=clip_timeout(self.timeout, deadline), stream=True)
+                with _attempt_deadline(deadline):
+                    resp = self.session.get(url, params=params, headers=req_headers,
+                                            timeout=clip_timeout(self.timeout, deadline), stream=True)
             except requests.Timeout as exc:
                 raise _Transient(_timeout_reason(deadline), url, detail=type(exc).__name__) from None
             except (requests.exceptions.ChunkedEncodingError,
                     requests.exceptions.ContentDecodingError) as exc:
                 raise _Transient("truncated_body", url, detail=type(exc).__name__) from None
             except requests.ConnectionError as exc:
-                raise _Transient("connection_error", url, detail=type(exc).__name__) from None
+                raise _Transient(_timeout_reason(deadline, "connection_error"), url,
+                                 detail=type(exc).__name__) from None
             handed_over = False
             try:
                 if deadline is not None and time.monotonic() >= deadline:

@@ -192,3 +192,16 @@ def test_expect_progress_opens_a_bar_with_the_input_size(capfd: pytest.CaptureFi
         out = p | beam.Create([1, 2]) | stages.ExpectProgress("quiet-bar", False)
         assert_that(out, equal_to([1, 2]))
     assert "quiet-bar" not in capfd.readouterr().err
+
+
+def test_image_hosts_from_flags_and_configured_apis(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--raw", "r", "--out", "o", "--image-hosts", "img.example:8080", "*.cdn.example"])
+    monkeypatch.setenv("CIVITAI_API_URL", "http://127.0.0.1:8765/")
+    monkeypatch.setenv("HF_ENDPOINT", "https://user:pw@hf.mirror.example")  # credentials: never a host entry
+    cfg = config_from_args(args)
+    assert cfg.image_api_hosts() == ("img.example:8080", "*.cdn.example", "127.0.0.1:8765")
+    monkeypatch.delenv("CIVITAI_API_URL")
+    monkeypatch.delenv("HF_ENDPOINT")
+    assert config_from_args(parser.parse_args(["--raw", "r", "--out", "o"])).image_api_hosts() == ()

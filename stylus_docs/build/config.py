@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from stylus_docs.errors import FatalError
 from stylus_docs.filters import DEFAULT_TYPES, PG13, FilterConfig, load_blacklist
@@ -85,6 +86,8 @@ class BuildConfig:
         render: run the optional render stage (before refine, so the VLM sees the renders).
         max_dead_letter_fraction: a build with more dead letters than this fraction of its input records
             is not published (a bad key or a dead endpoint must not replace a good release).
+        keep_deleted: write adapters the snapshot's tombstones cover from their last known record with
+            ``deleted = true`` instead of dropping them (they are then not counted as removed).
         build_id: fixed build id (tests); default: a new timestamped id.
         progress: progress bars (None: when stderr is a terminal).
     """
@@ -117,6 +120,14 @@ class BuildConfig:
         ),
     )
     vlm_retries: int = field(default=4, metadata=flag("retries of a VLM request on 429/5xx"))
+    image_hosts: list[str] = field(
+        default_factory=list,
+        metadata=flag(
+            "more hosts example images may be fetched from (host, host:port or *.domain), besides "
+            "Civitai's image CDN, the Hugging Face hosts and the hosts of CIVITAI_API_URL / HF_ENDPOINT",
+            nargs="+", metavar="HOST",
+        ),
+    )  # fmt: skip
     refine_concurrency: int = field(default=16, metadata=flag("VLM requests in flight per worker"))
     refine_rpm: float | None = field(
         default=None, metadata=flag("client-side limit of VLM requests per minute (per process)", metavar="N")
@@ -179,6 +190,13 @@ class BuildConfig:
             metavar="F",
         ),
     )
+    keep_deleted: bool = field(
+        default=False,
+        metadata=flag(
+            "write adapters a tombstone of the snapshot marks deleted from their last known record, "
+            "flagged deleted = true (default: drop them and list them in removed.json)"
+        ),
+    )
     build_id: str | None = None
 
     def __post_init__(self) -> None:
@@ -206,6 +224,16 @@ class BuildConfig:
             self.refiner_model = os.environ.get("OPENAI_REFINER_MODEL") or "gpt-4o-mini"
         if self.render and not self.render_pipeline:
             raise FatalError("--render needs --render-pipeline PATH (a local diffusers pipeline)")
+
+    def image_api_hosts(self) -> tuple[str, ...]:
+        """Hosts example images may come from besides the defaults: ``--image-hosts`` and the
+        configured catalogue APIs (``CIVITAI_API_URL``, ``HF_ENDPOINT``; a replay server, a mirror)."""
+        hosts = list(self.image_hosts)
+        for env in ("CIVITAI_API_URL", "HF_ENDPOINT"):
+            netloc = urlsplit(os.environ.get(env) or "").netloc.lower()
+            if netloc and "@" not in netloc:
+                hosts.append(netloc)
+        return tuple(dict.fromkeys(hosts))
 
     @property
     def refiner_id(self) -> str:
