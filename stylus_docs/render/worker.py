@@ -109,7 +109,23 @@ def load_pipeline(config: RenderConfig) -> Any:
         ) from None
     pipe = pipe.to(config.device)
     pipe.set_progress_bar_config(disable=True)
+    _quiet_loaders()
     return pipe
+
+
+def _quiet_loaders() -> None:
+    """Silence what the libraries print per adapter load; the worker reports each outcome itself.
+
+    diffusers logs a failed LoRA load at ERROR with the whole state-dict error (a thousand lines for one
+    mismatched file) and then raises; the worker catches it and keeps a bounded, redacted line in
+    ``render_error``. transformers draws a "Loading weights" bar for every adapter's text-encoder part.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    logging.getLogger("diffusers.loaders.peft").setLevel(logging.CRITICAL)
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 class AdapterRenderer:
