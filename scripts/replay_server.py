@@ -6,30 +6,81 @@ described in docs/API-NOTES.md §1–2, plus seeded fault injection so crawlers 
 against 429/5xx/HTML/truncated/dropped responses without touching the network.
 
 Endpoints
-    GET /api/v1/models                          Civitai list (cursor paging, filters, page cap 429)
+    GET /api/v1/models                          Civitai list (cursor paging, filters, page cap 429):
+                                                sort (Highest Rated, Most Downloaded, Newest, Oldest, …),
+                                                period (AllTime/Year/Month/Week/Day on lastVersionAt),
+                                                allowCommercialUse (array overlap), allowNoCredit,
+                                                allowDerivatives, allowDifferentLicense, nsfw, types,
+                                                baseModels, tag, username, ids, query
     GET /api/v1/models/{id}                     one model
     GET /api/v1/model-versions/{id}             flat version (images with meta, ``air``)
     GET /api/v1/images?modelVersionId=…         image list (meta only with withMeta=true)
-    GET /api/models                             HF list (JSON array, ``Link: <…>; rel="next"``)
+    GET /api/v1/enums                           {ModelType, ModelFileType, ActiveBaseModel, BaseModel,
+                                                BaseModelType}
+    GET /api/download/models/{versionId}        307 to ``/files/{versionId}/{fileId}/{name}`` (like the
+                                                signed-storage redirect; selectors type/format/size/fp/
+                                                fileId); ``/files/…`` (the "signed URL") needs no
+                                                token and serves a small valid fake safetensors
+                                                (Range → 206; the truncated fault cuts it mid-body)
+    GET /api/models                             HF list (JSON array, ``Link: <…>; rel="next"``; full,
+                                                cardData, expand)
     GET /api/models/{owner}/{name}              HF model info
     GET /{owner}/{name}/resolve/{rev}/{path}    README.md text or a PNG for image siblings
     GET /img/{path}                             PNG for a CDN image; map ``https://image.civitai.com/P``
                                                 to ``{base}/img/P`` (same PNG as ``/image-proxy``)
     GET /image-proxy?url=<CDN URL>              PNG for any image URL
-    GET /__stats                                request/fault counters (never faulted, no auth)
+    GET /__stats[?detail=1][&reset=1]           request/fault/endpoint counters (never faulted, no auth);
+                                                ``detail=1`` adds per-id counts (which versions, repos
+                                                and downloads were requested)
+
+Hugging Face answers carry ``RateLimit: "api";r=R;t=T`` and ``RateLimit-Policy: "fixed window";"api";
+q=Q;w=W`` (bucket ``resolvers`` for resolve/raw files). Without ``--hf-rate-limit`` the public anonymous
+quotas (500 / 3,000 per 300 s) are advertised but never enforced; with ``--hf-rate-limit N`` each bucket
+answers 429 (same headers, r=0, plus ``Retry-After``) after N requests in a fixed window.
+
+"Next day" (``--mutate FRACTION --mutate-seed S [--mutate-truth PATH]``): the corpus is changed at start,
+deterministically for a seed: of the N models, n = max(1, round(FRACTION × N)) (FRACTION ≤ 0.25) get each
+change, chosen without overlap — deleted models (absent from listings; /models/{id}, their versions and
+downloads 404), changed descriptions, one replaced preview image in one version (listing, /model-versions
+and /images agree), a new version put first (index 0), and n new models synthesised from existing ones
+(fresh ids above the maximum, new title). Hugging Face likewise, n counted on its repos: n deleted, n
+changed (new ``sha`` and ``lastModified``, README changed), n new. New content is dated one day after
+the corpus's latest date. The truth (see :meth:`CorpusMutator.run`) is ``server.truth`` and is written to
+PATH as JSON. FRACTION 0 serves the corpus unchanged (and writes an empty truth).
+
+Two hosts (API-NOTES §1.12): start two instances on two ports over the same corpus — ``--host-kind red``
+(default: everything, as before) and ``--host-kind green`` (SFW only: models with ``nsfw`` false whose
+``nsfwLevel`` has the PG bit; only PG images anywhere; NSFW models, versions and downloads 404 even with
+``nsfw=true``). With the same ``--mutate``/``--mutate-seed`` both serve the same "next day".
+
+``--fake-weights`` rewrites every file's ``hashes`` (SHA256, AutoV2, AutoV1, CRC32, AutoV3; BLAKE3 dropped)
+and ``sizeKB`` to those of the fake safetensors body the download endpoint serves, and points
+``downloadUrl`` at this server, so a downloader's SHA-256 check passes. Without it the corpus's hashes are
+served unchanged (and do not match the fake body).
+
+``period`` windows end at the corpus clock (the latest version date served), not at the wall clock, so a
+saved corpus keeps answering the same; ``--now ISO`` sets that reference time.
 
 CLI:   python scripts/replay_server.py --port 0 [--data DIR] [--civitai-models FILE] [--era 2025]
        [--require-token TOKEN] [--fault-rate 0.1 --seed 7 --faults 429,5xx,html,truncated,drop]
-       [--retry-after 1] [--latency-ms 50]
+       [--retry-after 1] [--latency-ms 50] [--host-kind green|red] [--mutate 0.01 --mutate-seed 7
+       --mutate-truth truth.json] [--fake-weights] [--enums FILE] [--now ISO]
+       [--hf-rate-limit N --hf-rate-window 300]
        prints one line ``READY http://127.0.0.1:PORT`` and serves until killed.
-In-process:  server, base_url = start_server(data_dir=..., fault_rate=...); ...; server.shutdown()
+In-process:  server, base_url = start_server(data_dir=..., fault_rate=..., mutate=0.01, mutate_seed=7,
+             truth_path=..., host_kind="green", fake_weights=True, hf_rate_limit=5, ...);
+             server.truth; ...; server.shutdown()
 """
 
 import argparse
 import base64
+import calendar
+import copy
 import gzip
 import hashlib
 import json
+import math
+import os
 import random
 import re
 import socket
@@ -41,13 +92,17 @@ import zlib
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "sample"
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT / "data" / "sample"
+# A real saved GET /api/v1/enums (see ../shared/data/README.md); used when present.
+SHARED_ENUMS = ROOT.parent / "shared" / "data" / "civitai-2025" / "enums.json"
+HOST_KINDS = ("red", "green")
 FAULT_KINDS = ("429", "5xx", "html", "truncated", "drop")
 NSFW_STRING_LEVEL = {"None": 1, "Soft": 2, "Mature": 4, "X": 8, "Blocked": 32}
 LEVEL_STRING = {1: "None", 2: "Soft", 4: "Mature", 8: "X", 16: "X", 32: "Blocked"}
@@ -87,6 +142,15 @@ class Options:
     retry_after: int = 1
     latency_ms: float = 0.0
     verbose: bool = False
+    host_kind: str = "red"
+    mutate: float | None = None
+    mutate_seed: int = 0
+    truth_path: Path | None = None
+    fake_weights: bool = False
+    enums: Path | None = None
+    now: str | None = None
+    hf_rate_limit: int | None = None
+    hf_rate_window: float = 300.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +248,9 @@ def minimal_png(seed: int) -> bytes:
     )
 
 
-SORT_NAMES = ("Highest Rated", "Most Downloaded", "Newest")
+SORT_NAMES = ("Highest Rated", "Most Downloaded", "Newest", "Oldest")
+PERIODS = ("AllTime", "Year", "Month", "Week", "Day")
+TIME_SORTS = ("Newest", "Oldest")
 
 
 @dataclass
@@ -200,6 +266,8 @@ class ModelEntry:
     thumbs: int
     downloads: int
     last_ms: int
+    commercial: frozenset[str] = frozenset()
+    licence: dict[str, bool | None] = field(default_factory=dict)
     json_all: str = ""
     json_sfw: str = ""
 
@@ -220,15 +288,22 @@ class Corpus:
     hf_by_id: dict[str, dict[str, Any]]
     hf_cards: dict[str, str]
     pngs: list[bytes] = field(default_factory=list)
+    green: bool = False
+    # Reference "now" of ``period`` windows (epoch ms): --now, else the latest version date served.
+    clock_ms: int = 0
+    enums: dict[str, Any] = field(default_factory=dict)
+    truth: dict[str, Any] | None = None
 
 
 def sort_key(entry: ModelEntry, sort: str) -> tuple[int, ...]:
-    """Ascending tuple whose order equals the API's descending sort (ties broken by id)."""
+    """Ascending tuple whose order equals the API's sort (descending, except Oldest; ties by id)."""
     mid = int(entry.item["id"])
     if sort == "Most Downloaded":
         return (-entry.downloads, -entry.thumbs, -mid)
     if sort == "Newest":
         return (-entry.last_ms, -mid)
+    if sort == "Oldest":
+        return (entry.last_ms, mid)
     return (-entry.thumbs, -entry.downloads, -mid)
 
 
@@ -236,6 +311,8 @@ def cursor_for(key: tuple[int, ...], sort: str) -> str:
     """Opaque cursor text: the sort values joined with ``|`` (like the real API)."""
     if sort == "Newest":
         return f"{format_time_ms(-key[0])}|{-key[1]}"
+    if sort == "Oldest":
+        return f"{format_time_ms(key[0])}|{key[1]}"
     return "|".join(str(-k) for k in key)
 
 
@@ -243,11 +320,12 @@ def parse_cursor(cursor: str, sort: str) -> tuple[int, ...]:
     """Inverse of cursor_for; malformed input → 400."""
     parts = cursor.split("|")
     try:
-        if sort == "Newest":
+        if sort in TIME_SORTS:
             if len(parts) != 2:
                 raise ValueError("parts")
             dt = datetime.strptime(parts[0], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
-            return (-int(round(dt.timestamp() * 1000)), -int(parts[1]))
+            ms, mid = int(round(dt.timestamp() * 1000)), int(parts[1])
+            return (-ms, -mid) if sort == "Newest" else (ms, mid)
         if len(parts) != 3:
             raise ValueError("parts")
         return tuple(-int(p) for p in parts)
@@ -310,15 +388,681 @@ def derive_images(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def load_corpus(opts: Options) -> Corpus:
-    """Read the corpus files and build every index the handlers use."""
+# ---------------------------------------------------------------------------------------------
+# Licence fields and time windows
+
+COMMERCIAL_VALUES = ("None", "Image", "RentCivit", "Rent", "Sell")
+LICENCE_FLAGS = ("allowNoCredit", "allowDerivatives", "allowDifferentLicense")
+
+
+def commercial_set(value: Any) -> frozenset[str]:
+    """``allowCommercialUse`` of any era (string, array, ``{A,B}`` literal) as a set; ``"None"`` → empty."""
+    if isinstance(value, str):
+        text = value.strip()
+        parts = text[1:-1].split(",") if text.startswith("{") and text.endswith("}") else [text]
+    elif isinstance(value, list | tuple):
+        parts = [str(v) for v in value]
+    else:
+        return frozenset()
+    cleaned = (p.strip().strip('"') for p in parts)
+    return frozenset(p for p in cleaned if p and p != "None")
+
+
+def licence_flag(value: Any) -> bool | None:
+    """A licence boolean as stored (bool, or a ``"true"``/``"false"`` string); None when absent."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return None
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch ms → the API's ISO form (``2026-09-13T14:37:43.239Z``)."""
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def period_start(now_ms: int, period: str) -> int | None:
+    """Start (epoch ms) of a ``period`` window ending at ``now_ms``; None for AllTime.
+
+    Day and Week are 24 h and 7 × 24 h; Month and Year are calendar steps (the site uses dayjs'
+    ``subtract(1, 'month'|'year')``), the day clamped to the target month's length.
+    """
+    if period == "AllTime":
+        return None
+    now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
+    if period == "Day":
+        start = now - timedelta(days=1)
+    elif period == "Week":
+        start = now - timedelta(days=7)
+    else:
+        months = 1 if period == "Month" else 12
+        year, month0 = divmod(now.year * 12 + now.month - 1 - months, 12)
+        day = min(now.day, calendar.monthrange(year, month0 + 1)[1])
+        start = now.replace(year=year, month=month0 + 1, day=day)
+    return int(start.timestamp() * 1000)
+
+
+def version_times(item: dict[str, Any]) -> list[int]:
+    """Every dated field of an item's versions, as epoch ms (0s dropped)."""
+    out = []
+    for v in item.get("modelVersions") or []:
+        for key in ("publishedAt", "createdAt", "updatedAt"):
+            ms = parse_time_ms(v.get(key))
+            if ms:
+                out.append(ms)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# "Next day" mutation (--mutate)
+
+MAX_MUTATE_FRACTION = 0.25  # four disjoint kinds of change to existing models
+DAY_MS = 86_400_000
+FALLBACK_CLOCK = "2026-01-01T00:00:00Z"  # corpus without any dates
+DESCRIPTION_UPDATES = (
+    "Retrained on a cleaner dataset; try a weight of 0.6 with realistic checkpoints.",
+    "Fixed colour bleeding at high weights and added a second trigger word.",
+    "New showcase images; works well with hires fix at 1.5x.",
+    "Merged the two earlier variants into one file; the old trigger still works.",
+)
+README_UPDATES = (
+    "retrained for more steps; sharper details.",
+    "new example images in the gallery.",
+    "lowered the recommended LoRA scale to 0.8.",
+)
+
+
+def swap_image_url(url: Any, uuid: str, image_id: int) -> Any:
+    """The CDN URL of a replacement image: new uuid and file name, same account and transform."""
+    if not isinstance(url, str):
+        return url
+    parts = url.split("/")
+    # https://image.civitai.com/<account>/<uuid>/<transform>/<name>.<ext>
+    if len(parts) >= 6 and parts[0] in ("http:", "https:"):
+        ext = parts[-1].rpartition(".")[2] if "." in parts[-1] else "jpeg"
+        parts[4] = uuid
+        parts[-1] = f"{image_id}.{ext}"
+        return "/".join(parts)
+    return f"https://image.civitai.com/replay/{uuid}/original=true/{image_id}.jpeg"
+
+
+def fresh_hashes(key: str, template: dict[str, Any]) -> dict[str, str]:
+    """Hash values for a synthesised file, with the template's keys (values derived from ``key``)."""
+    sha = hashlib.sha256(key.encode()).hexdigest().upper()
+    values = {
+        "AutoV1": hashlib.sha256(b"autov1:" + key.encode()).hexdigest()[:8].upper(),
+        "AutoV2": sha[:10],
+        "AutoV3": hashlib.sha256(b"autov3:" + key.encode()).hexdigest()[:12].upper(),
+        "SHA256": sha,
+        "CRC32": f"{zlib.crc32(key.encode()) & 0xFFFFFFFF:08X}",
+        "BLAKE3": hashlib.blake2s(key.encode()).hexdigest().upper(),
+    }
+    return {k: values.get(k, sha) for k in template}
+
+
+def healthy(item: dict[str, Any]) -> bool:
+    """A model whose newest version can serve as a template (published, has a file, not archived)."""
+    versions = item.get("modelVersions") or []
+    return bool(versions) and not item.get("mode") and bool(versions[0].get("files"))
+
+
+class CorpusMutator:
+    """The "next day" of a corpus, deterministic for (corpus, fraction, seed).
+
+    Args:
+        fraction: Share of the models (and of the Hugging Face repos) given each kind of change,
+            0–0.25; at least one of each when > 0 and the corpus is not empty.
+        seed: Seed of every choice and every synthesised id, name, hash and URL.
+    """
+
+    def __init__(self, fraction: float, seed: int) -> None:
+        if not 0 <= fraction <= MAX_MUTATE_FRACTION:
+            raise ValueError(f"mutate fraction must be within 0..{MAX_MUTATE_FRACTION}, not {fraction}")
+        self.fraction = fraction
+        self.seed = seed
+        self.rng = random.Random(f"replay-mutate:{seed}")
+        self.next_model = self.next_version = self.next_file = self.next_image = 1
+        self.clock = self.hf_clock = 0
+        self.ticks = 0
+
+    def count(self, total: int) -> int:
+        """How many of ``total`` get one kind of change."""
+        if self.fraction <= 0 or total <= 0:
+            return 0
+        return max(1, round(self.fraction * total))
+
+    def uuid(self) -> str:
+        bits = self.rng.getrandbits(128)
+        h = f"{bits:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    def stamp(self) -> int:
+        """Next timestamp of the new day: minutes apart, in creation order."""
+        self.ticks += 1
+        return self.clock + self.ticks * 60_000 + self.ticks % 1000
+
+    def take(self, name: str) -> int:
+        value = getattr(self, name)
+        setattr(self, name, value + 1)
+        return value
+
+    def run(
+        self,
+        items: list[dict[str, Any]],
+        images: list[dict[str, Any]],
+        hf_models: list[dict[str, Any]],
+        hf_cards: dict[str, str],
+    ) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, str], dict[str, Any]
+    ]:
+        """Return ``(items, images, hf_models, hf_cards, truth)``; the inputs are not modified.
+
+        ``truth`` (every list sorted)::
+
+            {"seed": S, "fraction": F,
+             "new_models": [model id], "new_model_versions": [{"model_id", "version_id"}],
+             "new_versions": [{"model_id", "version_id"}],          # put first (index 0)
+             "changed_descriptions": [model id],
+             "changed_images": [{"model_id", "version_id", "image_id", "url"}],  # the new image
+             "deleted_models": [model id], "deleted_versions": [version id of the deleted models],
+             "hf_changed": [repo id], "hf_deleted": [repo id], "hf_new": [repo id]}
+        """
+        truth: dict[str, Any] = {"seed": self.seed, "fraction": self.fraction}
+        items, images = self.mutate_civitai(items, images, truth)
+        hf_models, hf_cards = self.mutate_hf(hf_models, hf_cards, truth)
+        return items, images, hf_models, hf_cards, truth
+
+    # -- Civitai
+
+    def mutate_civitai(
+        self, items: list[dict[str, Any]], images: list[dict[str, Any]], truth: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        by_id = {int(i["id"]): i for i in items}
+        ids = sorted(by_id)
+        n = self.count(len(ids))
+        versions = [v for i in items for v in i.get("modelVersions") or []]
+        self.next_model = max(ids, default=0) + 1
+        self.next_version = max((int(v["id"]) for v in versions), default=0) + 1
+        file_ids = [f["id"] for v in versions for f in v.get("files") or [] if isinstance(f.get("id"), int)]
+        self.next_file = max(file_ids, default=0) + 1
+        image_ids = [img["id"] for img in images if isinstance(img.get("id"), int)]
+        image_ids += [
+            im["id"] for v in versions for im in v.get("images") or [] if isinstance(im.get("id"), int)
+        ]
+        self.next_image = max(image_ids, default=0) + 1
+        self.clock = max((t for i in items for t in version_times(i)), default=0) or parse_time_ms(
+            FALLBACK_CLOCK
+        )
+        self.clock += DAY_MS
+        self.ticks = 0
+        images = list(images)
+        positions: dict[int, list[int]] = {}
+        for idx, img in enumerate(images):
+            positions.setdefault(int(img["modelVersionId"]), []).append(idx)
+
+        order = list(ids)
+        self.rng.shuffle(order)
+        eligible = {
+            "deleted_models": lambda item: True,
+            "changed_descriptions": lambda item: True,
+            "changed_images": lambda item: any(v.get("images") for v in item.get("modelVersions") or []),
+            "new_versions": healthy,
+        }
+        used: set[int] = set()
+        chosen: dict[str, list[int]] = {}
+        for kind, ok in eligible.items():
+            picked: list[int] = []
+            for mid in order:
+                if len(picked) == n:
+                    break
+                if mid not in used and ok(by_id[mid]):
+                    picked.append(mid)
+                    used.add(mid)
+            chosen[kind] = sorted(picked)
+        spare = [mid for mid in order if mid not in used and healthy(by_id[mid])] or [
+            mid for mid in order if mid not in chosen["deleted_models"] and healthy(by_id[mid])
+        ]
+        templates = [spare[k % len(spare)] for k in range(n)] if spare else []
+
+        replaced: dict[int, dict[str, Any]] = {}
+        for mid in chosen["changed_descriptions"]:
+            item = copy.deepcopy(by_id[mid])
+            note = self.rng.choice(DESCRIPTION_UPDATES)
+            day = iso_ms(self.stamp())[:10]
+            item["description"] = (item.get("description") or "") + f"<p>Update {day}: {note}</p>"
+            replaced[mid] = item
+
+        changed_images = []
+        for mid in chosen["changed_images"]:
+            item = copy.deepcopy(by_id[mid])
+            version = self.rng.choice([v for v in item["modelVersions"] if v.get("images")])
+            changed_images.append(self.replace_image(mid, version, images, positions))
+            replaced[mid] = item
+
+        new_versions = []
+        for mid in chosen["new_versions"]:
+            item = copy.deepcopy(by_id[mid])
+            vs = item["modelVersions"]
+            version, new_images = self.copy_version(
+                vs[0], mid, images, positions, name=f"v{len(vs) + 1}.0", suffix=f"v{len(vs) + 1}"
+            )
+            vs.insert(0, version)
+            for index, v in enumerate(vs):
+                if "index" in v:
+                    v["index"] = index
+            images.extend(new_images)
+            new_versions.append({"model_id": mid, "version_id": int(version["id"])})
+            replaced[mid] = item
+
+        new_items = []
+        new_model_versions = []
+        for k, tid in enumerate(templates):
+            template = by_id[tid]
+            mid = self.take("next_model")
+            item = copy.deepcopy({key: val for key, val in template.items() if key != "modelVersions"})
+            item["id"] = mid
+            title = f"{template.get('name') or 'Model'} Reloaded {k + 1}"
+            item["name"] = title
+            item["description"] = f"<p>{title}: a fresh take, trained from scratch.</p>" + (
+                template.get("description") or ""
+            )
+            if isinstance(item.get("stats"), dict):
+                item["stats"] = {key: 0 for key in item["stats"]}
+            version, new_images = self.copy_version(
+                template["modelVersions"][0], mid, images, positions, name="v1.0", suffix=f"reloaded{k + 1}"
+            )
+            if "index" in version:
+                version["index"] = 0
+            item["modelVersions"] = [version]
+            images.extend(new_images)
+            new_items.append(item)
+            new_model_versions.append({"model_id": mid, "version_id": int(version["id"])})
+
+        deleted = set(chosen["deleted_models"])
+        deleted_versions = sorted(
+            int(v["id"]) for mid in deleted for v in by_id[mid].get("modelVersions") or []
+        )
+        gone = set(deleted_versions)
+        out_items = [replaced.get(int(i["id"]), i) for i in items if int(i["id"]) not in deleted] + new_items
+        out_images = [
+            img
+            for img in images
+            if int(img["modelVersionId"]) not in gone and int(img["modelId"]) not in deleted
+        ]
+        truth.update(
+            new_models=[int(i["id"]) for i in new_items],
+            new_model_versions=new_model_versions,
+            new_versions=new_versions,
+            changed_descriptions=chosen["changed_descriptions"],
+            changed_images=changed_images,
+            deleted_models=sorted(deleted),
+            deleted_versions=deleted_versions,
+        )
+        return out_items, out_images
+
+    def replace_image(
+        self,
+        model_id: int,
+        version: dict[str, Any],
+        images: list[dict[str, Any]],
+        positions: dict[int, list[int]],
+    ) -> dict[str, Any]:
+        """Swap one preview image of ``version`` (in place) and its images.jsonl record."""
+        vid = int(version["id"])
+        embedded = version["images"]
+        # A PG image, so that the change shows on the SFW listing and the default /images level too.
+        pos = next((i for i, img in enumerate(embedded) if image_level(img) & 1), 0)
+        old = embedded[pos]
+        new_id, uuid = self.take("next_image"), self.uuid()
+        new = dict(old, url=swap_image_url(old.get("url"), uuid, new_id))
+        if "id" in old:
+            new["id"] = new_id
+        embedded[pos] = new
+        mine = positions.setdefault(vid, [])
+        idx = None
+        if old.get("id") is not None:
+            idx = next((i for i in mine if images[i].get("id") == old["id"]), None)
+        if idx is None and len(mine) == len(embedded):
+            idx = mine[pos]  # same gallery order (2025 items embed images without ids)
+        if idx is not None:
+            images[idx] = dict(
+                images[idx], id=new_id, url=swap_image_url(images[idx].get("url"), uuid, new_id)
+            )
+        else:
+            mine.append(len(images))
+            images.append(
+                {
+                    "id": new_id,
+                    "modelId": model_id,
+                    "modelVersionId": vid,
+                    "url": new.get("url"),
+                    "width": new.get("width"),
+                    "height": new.get("height"),
+                    "hash": new.get("hash"),
+                    "nsfwLevel": image_level(new),
+                    "createdAt": iso_ms(self.stamp()),
+                    "postId": None,
+                    "username": None,
+                    "meta": new.get("meta"),
+                }
+            )
+        return {"model_id": model_id, "version_id": vid, "image_id": new_id, "url": new.get("url")}
+
+    def copy_version(
+        self,
+        template: dict[str, Any],
+        model_id: int,
+        images: list[dict[str, Any]],
+        positions: dict[int, list[int]],
+        name: str,
+        suffix: str,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A new version modelled on ``template``: fresh ids, files, hashes and images, dated today."""
+        vid = self.take("next_version")
+        stamp = iso_ms(self.stamp())
+        v = copy.deepcopy(template)
+        v["id"] = vid
+        if "modelId" in v:
+            v["modelId"] = model_id
+        v["name"] = name
+        dated = [key for key in ("createdAt", "updatedAt", "publishedAt") if key in v]
+        for key in dated or ["publishedAt"]:
+            v[key] = stamp
+        if isinstance(v.get("stats"), dict):
+            v["stats"] = {key: 0 for key in v["stats"]}
+        if isinstance(v.get("downloadUrl"), str):
+            v["downloadUrl"] = re.sub(r"/models/\d+", f"/models/{vid}", v["downloadUrl"])
+        files = []
+        for f in v.get("files") or []:
+            f = dict(f)
+            fid = self.take("next_file")
+            if "id" in f:
+                f["id"] = fid
+            if isinstance(f.get("name"), str):
+                stem, dot, ext = f["name"].rpartition(".")
+                f["name"] = f"{stem}_{suffix}.{ext}" if dot else f"{f['name']}_{suffix}"
+            if isinstance(f.get("hashes"), dict):
+                f["hashes"] = fresh_hashes(f"{self.seed}:{vid}:{fid}", f["hashes"])
+            if isinstance(f.get("downloadUrl"), str):
+                f["downloadUrl"] = re.sub(r"/models/\d+", f"/models/{vid}", f["downloadUrl"])
+            if "scannedAt" in f:
+                f["scannedAt"] = stamp
+            files.append(f)
+        v["files"] = files
+        embedded = v.get("images") or []
+        listed = [images[i] for i in positions.get(int(template["id"]), [])]
+        new_embedded, new_listed = [], []
+        # Embedded gallery and images.jsonl records pair by position (same image, same new id).
+        for pos in range(max(len(embedded), len(listed))):
+            new_id, uuid = self.take("next_image"), self.uuid()
+            if pos < len(embedded):
+                img = dict(embedded[pos], url=swap_image_url(embedded[pos].get("url"), uuid, new_id))
+                if "id" in embedded[pos]:
+                    img["id"] = new_id
+                new_embedded.append(img)
+            if pos < len(listed):
+                rec = listed[pos]
+                new_listed.append(
+                    dict(
+                        rec,
+                        id=new_id,
+                        url=swap_image_url(rec.get("url"), uuid, new_id),
+                        modelVersionId=vid,
+                        modelId=model_id,
+                        createdAt=stamp,
+                    )
+                )
+        if "images" in v:
+            v["images"] = new_embedded
+        return v, new_listed
+
+    # -- Hugging Face
+
+    def mutate_hf(
+        self, hf_models: list[dict[str, Any]], hf_cards: dict[str, str], truth: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        by_id = {m["id"]: m for m in hf_models}
+        order = sorted(by_id)
+        n = self.count(len(order))
+        self.rng.shuffle(order)
+        deleted, changed = sorted(order[:n]), sorted(order[n : 2 * n])
+        spare = order[2 * n :] or [rid for rid in order if rid not in deleted]
+        templates = [spare[k % len(spare)] for k in range(n)] if spare else []
+        latest = max(
+            (parse_time_ms(m.get("lastModified") or m.get("createdAt")) for m in hf_models), default=0
+        )
+        clock = (latest or parse_time_ms(FALLBACK_CLOCK)) + DAY_MS
+        cards = dict(hf_cards)
+        out = []
+        tick = 0
+        for m in hf_models:
+            rid = m["id"]
+            if rid in deleted:
+                cards.pop(rid, None)
+                continue
+            if rid in changed:
+                tick += 1
+                m = copy.deepcopy(m)
+                m["sha"] = hashlib.sha1(f"{m.get('sha', '')}:{self.seed}:{rid}".encode()).hexdigest()
+                m["lastModified"] = iso_ms(clock + tick * 60_000)
+                if rid in cards:
+                    note = self.rng.choice(README_UPDATES)
+                    cards[rid] = (
+                        cards[rid].rstrip("\n") + f"\n\n## Changelog\n\n- {m['lastModified'][:10]}: {note}\n"
+                    )
+            out.append(m)
+        new_ids = []
+        for k, tid in enumerate(templates):
+            tick += 1
+            owner, _, name = tid.partition("/")
+            rid = f"{owner}/{name}-next-{k + 1}"
+            while rid in by_id:
+                rid += "-x"
+            m = copy.deepcopy(by_id[tid])
+            stamp = iso_ms(clock + tick * 60_000)
+            m.update(id=rid, createdAt=stamp, lastModified=stamp, likes=0, downloads=0)
+            m["_id"] = hashlib.sha1(f"_id:{self.seed}:{rid}".encode()).hexdigest()[:24]
+            m["sha"] = hashlib.sha1(f"sha:{self.seed}:{rid}".encode()).hexdigest()
+            if "modelId" in m:
+                m["modelId"] = rid
+            if "trendingScore" in m:
+                m["trendingScore"] = 0
+            if tid in cards:
+                cards[rid] = cards[tid].replace(tid, rid)
+            out.append(m)
+            new_ids.append(rid)
+        truth.update(hf_changed=changed, hf_deleted=deleted, hf_new=sorted(new_ids))
+        return out, cards
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake weights (--fake-weights) and the download endpoint
+
+FAKE_LORA_PREFIX = "lora_unet_mid_block_attentions_0_proj_in"
+
+
+def fake_safetensors(version_id: int, file_id: int) -> bytes:
+    """A small valid safetensors file (two F16 LoRA tensors), deterministic for (version, file)."""
+    tag = f"{version_id}:{file_id}"
+    header: dict[str, Any] = {
+        "__metadata__": {"format": "pt", "ss_network_module": "networks.lora", "replay_file": tag}
+    }
+    offset = 0
+    for name, shape in (
+        (f"{FAKE_LORA_PREFIX}.lora_down.weight", [4, 32]),
+        (f"{FAKE_LORA_PREFIX}.lora_up.weight", [32, 4]),
+    ):
+        size = math.prod(shape) * 2
+        header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes
+    data = bytearray(hashlib.shake_256(tag.encode()).digest(offset))
+    # Clear the exponent bits of every little-endian F16 so all values are tiny and finite (no NaN/inf).
+    data[1::2] = bytes(b & 0x83 for b in data[1::2])
+    return struct.pack("<Q", len(raw)) + raw + bytes(data)
+
+
+def weight_hashes(body: bytes, template: dict[str, Any]) -> dict[str, str]:
+    """The Civitai hash set of ``body`` (AutoV3 only when the template had one; no BLAKE3 in stdlib)."""
+    sha = hashlib.sha256(body).hexdigest().upper()
+    (n,) = struct.unpack("<Q", body[:8])
+    out = {
+        # A1111's legacy hash: 64 KiB at offset 1 MiB (empty for a file this small, as A1111 computes it).
+        "AutoV1": hashlib.sha256(body[0x100000:0x110000]).hexdigest()[:8].upper(),
+        "AutoV2": sha[:10],
+        "SHA256": sha,
+        "CRC32": f"{zlib.crc32(body) & 0xFFFFFFFF:08X}",
+    }
+    if "AutoV3" in template:
+        out["AutoV3"] = hashlib.sha256(body[8 + n :]).hexdigest()[:12].upper()
+    return out
+
+
+def file_id_of(f: dict[str, Any], position: int) -> int:
+    """The id the download endpoint uses for a file (its position when the corpus gives none)."""
+    return f["id"] if isinstance(f.get("id"), int) else position
+
+
+def apply_fake_weights(items: list[dict[str, Any]], base_url: str) -> None:
+    """Rewrite every file's hashes/size to the fake body's and point download URLs at ``base_url``."""
+
+    def rehost(url: Any) -> Any:
+        return re.sub(r"^https?://[^/]+", base_url, url) if isinstance(url, str) and base_url else url
+
+    for item in items:
+        for v in item.get("modelVersions") or []:
+            vid = int(v["id"])
+            if "downloadUrl" in v or v.get("files"):
+                v["downloadUrl"] = rehost(
+                    v.get("downloadUrl") or f"https://civitai.com/api/download/models/{vid}"
+                )
+            for pos, f in enumerate(v.get("files") or []):
+                body = fake_safetensors(vid, file_id_of(f, pos))
+                f["hashes"] = weight_hashes(body, f.get("hashes") or {})
+                f["sizeKB"] = len(body) / 1024
+                if "downloadUrl" in f:
+                    f["downloadUrl"] = rehost(f["downloadUrl"])
+
+
+def pick_file(files: list[dict[str, Any]], qs: dict[str, list[str]]) -> tuple[int, dict[str, Any]] | None:
+    """The file a download request selects (``fileId``, or type/format/size/fp; else the primary)."""
+    indexed = list(enumerate(files))
+    file_id = one(qs, "fileId")
+    if file_id:
+        return next(((p, f) for p, f in indexed if str(file_id_of(f, p)) == file_id), None)
+    selectors = {k: one(qs, k) for k in ("type", "format", "size", "fp") if one(qs, k)}
+    if not selectors:
+        return next(((p, f) for p, f in indexed if f.get("primary")), indexed[0] if indexed else None)
+
+    def matches(f: dict[str, Any]) -> bool:
+        meta = f.get("metadata") or {}
+        return all((f.get("type") if k == "type" else meta.get(k)) == want for k, want in selectors.items())
+
+    return next(((p, f) for p, f in indexed if matches(f)), None)
+
+
+def content_disposition(name: str) -> str:
+    """``attachment`` header with an ASCII fallback and the RFC 5987 UTF-8 name."""
+    ascii_name = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Enums
+
+# fmt: off
+BUILTIN_ENUMS: dict[str, list[str]] = {
+    "ModelType": [
+        "Checkpoint", "TextualInversion", "Hypernetwork", "AestheticGradient", "LORA", "LoCon", "DoRA",
+        "Controlnet", "Upscaler", "MotionModule", "VAE", "TextEncoder", "UNet", "CLIPVision", "Poses",
+        "Wildcards", "Workflows", "ComfyWorkflows", "Detection", "VisionLanguage", "CLIP", "LLM", "Other",
+    ],
+    "ModelFileType": [
+        "Model", "Text Encoder", "Pruned Model", "Negative", "Training Data", "VAE", "Config", "Archive",
+    ],
+    # packages/civitai-shared/src/basemodel.constants.ts (API-NOTES §1.8)
+    "BaseModel": [
+        "Anima", "AuraFlow", "Chroma", "CogVideoX", "Ernie", "Flux.1 S", "Flux.1 D", "Flux.1 Krea",
+        "Flux.1 Kontext", "Flux.2 D", "Flux.2 Klein 9B", "Flux.2 Klein 9B-base", "Flux.2 Klein 4B",
+        "Flux.2 Klein 4B-base", "Flux 3 Video", "Grok", "HappyHorse", "HiDream", "HiDream-O1", "Hunyuan 1",
+        "Hunyuan Video", "Ideogram 4.0", "Boogu", "Illustrious", "Imagen4", "Kolors", "Krea 2", "LTXV",
+        "LTXV2", "LTXV 2.3", "Lens", "Lumina", "MageFlow", "MAI", "Mochi", "Nano Banana", "NoobAI", "ODOR",
+        "OpenAI", "Upscaler", "Other", "PixArt a", "PixArt E", "Playground v2", "Pony", "Pony V7", "Qwen",
+        "Qwen 2", "Qwen 3", "Stable Cascade", "SD 1.4", "SD 1.5", "SD 1.5 LCM", "SD 1.5 Hyper", "SD 2.0",
+        "SD 2.0 768", "SD 2.1", "SD 2.1 768", "SD 2.1 Unclip", "SD 3", "SD 3.5", "SD 3.5 Large",
+        "SD 3.5 Large Turbo", "SD 3.5 Medium", "SDXL 0.9", "SDXL 1.0", "SDXL 1.0 LCM", "SDXL Lightning",
+        "SDXL Hyper", "SDXL Turbo", "SDXL Distilled", "Reve", "Seedream", "SVD", "SVD XT", "Sora 2", "Veo 3",
+        "Wan Video", "Wan Video 1.3B t2v", "Wan Video 14B t2v", "Wan Video 14B i2v 480p",
+        "Wan Video 14B i2v 720p", "Wan Video 2.2 TI2V-5B", "Wan Video 2.2 I2V-A14B", "Wan Video 2.2 T2V-A14B",
+        "Wan Video 2.5 T2V", "Wan Video 2.5 I2V", "Wan Image 2.7", "Wan Video 2.7", "ZImageTurbo",
+        "ZImageBase", "Vidu Q1", "MiniMax H3", "Kling", "Seedance", "ACE Audio", "PolyGen", "Tripo",
+        "Hunyuan3D",
+    ],
+    "BaseModelType": ["Standard", "Inpainting", "Refiner", "Pix2Pix"],
+}
+# fmt: on
+
+
+def load_enums(opts: Options, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The /api/v1/enums answer.
+
+    An explicit file (``--enums``, or ``DATA/civitai/enums.json``) is served as is — so a test can
+    serve base models the corpus does not use, or leave out one it does. Otherwise the saved real
+    answer (../shared/data/civitai-2025/enums.json) or, without it, the built-in lists of API-NOTES
+    §1.8, with every base model of the corpus that they lack appended to ``BaseModel``.
+    """
+    explicit = Path(opts.enums) if opts.enums else Path(opts.data_dir) / "civitai" / "enums.json"
+    if explicit.is_file():
+        return json.loads(explicit.read_text(encoding="utf-8"))
+    if SHARED_ENUMS.is_file():
+        enums = json.loads(SHARED_ENUMS.read_text(encoding="utf-8"))
+    else:
+        enums = copy.deepcopy(BUILTIN_ENUMS)
+        enums["ActiveBaseModel"] = list(enums["BaseModel"])
+    known = enums.setdefault("BaseModel", [])
+    corpus = {str(v["baseModel"]) for i in items for v in i.get("modelVersions") or [] if v.get("baseModel")}
+    known.extend(sorted(corpus - set(known)))
+    return enums
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_corpus(opts: Options, base_url: str = "") -> Corpus:
+    """Read the corpus files, apply --mutate/--fake-weights/--host-kind and build every index."""
     data = Path(opts.data_dir)
     models_path = Path(opts.civitai_models) if opts.civitai_models else data / "civitai" / "models.jsonl"
     items = read_jsonl(models_path) if models_path.exists() else []
     images_path = models_path.parent / "images.jsonl"
+    # Derived before any mutation, so that synthetic image ids of unchanged versions stay the same.
     images = (
         read_jsonl(images_path) if images_path.exists() and not opts.civitai_models else derive_images(items)
     )
+    hf_path = data / "hf" / "models.jsonl"
+    hf_models = read_jsonl(hf_path) if hf_path.exists() else []
+    cards: dict[str, str] = {}
+    cards_dir = data / "hf" / "cards"
+    if cards_dir.is_dir():
+        for card in sorted(cards_dir.glob("*.md")):
+            cards[card.stem.replace("__", "/", 1)] = card.read_text(encoding="utf-8")
+
+    truth = None
+    if opts.mutate is not None:
+        items, images, hf_models, cards, truth = CorpusMutator(opts.mutate, opts.mutate_seed).run(
+            items, images, hf_models, cards
+        )
+    enums = load_enums(opts, items)
+    if opts.fake_weights:
+        apply_fake_weights(items, base_url)
+    green = opts.host_kind == "green"
+    if green:
+        items = [i for i in items if is_sfw_model(i)]
+        kept = {int(i["id"]) for i in items}
+        images = [img for img in images if int(img["modelId"]) in kept and image_level(img) & 1]
 
     entries: list[ModelEntry] = []
     versions: dict[int, tuple[dict[str, Any], ModelEntry]] = {}
@@ -337,9 +1081,16 @@ def load_corpus(opts: Options) -> Corpus:
             thumbs=int(stats.get("thumbsUpCount") or stats.get("favoriteCount") or 0),
             downloads=int(stats.get("downloadCount") or 0),
             last_ms=last,
+            commercial=commercial_set(item.get("allowCommercialUse")),
+            licence={k: licence_flag(item.get(k)) for k in LICENCE_FLAGS},
         )
-        entry.json_all = json.dumps(render_item(item, opts.era, sfw_images=False), separators=(",", ":"))
         entry.json_sfw = json.dumps(render_item(item, opts.era, sfw_images=True), separators=(",", ":"))
+        # The green host never serves an NSFW image, whatever the request asks for.
+        entry.json_all = (
+            entry.json_sfw
+            if green
+            else json.dumps(render_item(item, opts.era, sfw_images=False), separators=(",", ":"))
+        )
         entries.append(entry)
         for v in vs:
             versions[int(v["id"])] = (v, entry)
@@ -354,18 +1105,11 @@ def load_corpus(opts: Options) -> Corpus:
         by_version.setdefault(int(img["modelVersionId"]), []).append(img)
         by_model.setdefault(int(img["modelId"]), []).append(img)
 
-    hf_path = data / "hf" / "models.jsonl"
-    hf_models = read_jsonl(hf_path) if hf_path.exists() else []
-    cards: dict[str, str] = {}
-    cards_dir = data / "hf" / "cards"
-    if cards_dir.is_dir():
-        for card in sorted(cards_dir.glob("*.md")):
-            cards[card.stem.replace("__", "/", 1)] = card.read_text(encoding="utf-8")
-
     png_dir = data / "images"
     pngs = [p.read_bytes() for p in sorted(png_dir.glob("*.png"))] if png_dir.is_dir() else []
     if not pngs:
         pngs = [minimal_png(i) for i in range(8)]
+    clock = parse_time_ms(opts.now) if opts.now else max((e.last_ms for e in entries), default=0)
     return Corpus(
         models=entries,
         by_id={int(e.item["id"]): e for e in entries},
@@ -378,6 +1122,10 @@ def load_corpus(opts: Options) -> Corpus:
         hf_by_id={m["id"]: m for m in hf_models},
         hf_cards=cards,
         pngs=pngs,
+        green=green,
+        clock_ms=clock,
+        enums=enums,
+        truth=truth,
     )
 
 
@@ -403,6 +1151,10 @@ class FaultPlan:
         self.faults: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
         self.streak: dict[str, int] = {}
+        self.endpoints: Counter[str] = Counter()
+        # endpoint → id (version id, model id, repo id) → requests; what a delta crawl must not refetch
+        self.ids: dict[str, Counter[str]] = {}
+        self.token_requests = 0
 
     def decide(self, key: str) -> str | None:
         """Return the fault kind for this request or None; counts the request."""
@@ -432,14 +1184,30 @@ class FaultPlan:
         with self.lock:
             self.statuses[str(status)] += 1
 
-    def snapshot(self) -> dict[str, Any]:
+    def record_endpoint(self, endpoint: str, key: Any = None) -> None:
+        """Count a routed request (after fault injection) by endpoint and, if given, by id."""
         with self.lock:
-            return {
+            self.endpoints[endpoint] += 1
+            if key is not None:
+                self.ids.setdefault(endpoint, Counter())[str(key)] += 1
+
+    def record_token(self) -> None:
+        with self.lock:
+            self.token_requests += 1
+
+    def snapshot(self, detail: bool = False) -> dict[str, Any]:
+        with self.lock:
+            out: dict[str, Any] = {
                 "requests": self.requests,
                 "faults": dict(self.faults),
                 "faults_total": sum(self.faults.values()),
                 "statuses": dict(self.statuses),
+                "endpoints": dict(self.endpoints),
+                "token_requests": self.token_requests,
             }
+            if detail:
+                out["ids"] = {name: dict(counts) for name, counts in self.ids.items()}
+            return out
 
     def reset(self) -> None:
         with self.lock:
@@ -447,6 +1215,51 @@ class FaultPlan:
             self.faults.clear()
             self.statuses.clear()
             self.streak.clear()
+            self.endpoints.clear()
+            self.ids.clear()
+            self.token_requests = 0
+
+
+HF_QUOTAS = {"api": 500, "resolvers": 3000}  # anonymous per-IP quotas per 5-minute window (§2.4)
+
+
+class HfRateLimiter:
+    """Fixed-window counters per Hugging Face bucket and the IETF-draft ``RateLimit`` headers.
+
+    Args:
+        limit: Requests allowed per bucket and window; None = advertise HF_QUOTAS, never refuse.
+        window: Window length in seconds (300 on the Hub).
+    """
+
+    def __init__(self, limit: int | None, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self.lock = threading.Lock()
+        self.start = time.monotonic()
+        self.index = 0
+        self.used: Counter[str] = Counter()
+
+    def take(self, bucket: str) -> tuple[bool, dict[str, str]]:
+        """Count one request; returns (allowed, headers to send)."""
+        with self.lock:
+            now = time.monotonic()
+            index = int((now - self.start) // self.window)
+            if index != self.index:
+                self.index = index
+                self.used.clear()
+            quota = self.limit if self.limit is not None else HF_QUOTAS[bucket]
+            allowed = self.limit is None or self.used[bucket] < quota
+            if allowed:
+                self.used[bucket] += 1
+            remaining = max(0, quota - self.used[bucket])
+            reset = max(1, math.ceil(self.start + (index + 1) * self.window - now))
+        headers = {
+            "RateLimit": f'"{bucket}";r={remaining};t={reset}',
+            "RateLimit-Policy": f'"fixed window";"{bucket}";q={quota};w={self.window:g}',
+        }
+        if not allowed:
+            headers["Retry-After"] = str(reset)
+        return allowed, headers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,6 +1315,36 @@ def int_param(qs: dict[str, list[str]], name: str, default: int, lo: int, hi: in
     return value
 
 
+def bool_param(qs: dict[str, list[str]], name: str) -> bool | None:
+    """A ``true``/``false`` parameter; None when absent; anything else → 400 (zod)."""
+    raw = (one(qs, name) or "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("true", "1"):
+        return True
+    if raw in ("false", "0"):
+        return False
+    raise ApiError(
+        400,
+        {
+            "issues": [{"code": "invalid_type", "path": [name], "message": "Expected boolean"}],
+            "name": "ZodError",
+        },
+    )
+
+
+def enum_error(name: str) -> ApiError:
+    return ApiError(400, {"issues": [{"code": "invalid_enum_value", "path": [name]}], "name": "ZodError"})
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temp name beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class ReplayServer(ThreadingHTTPServer):
     """ThreadingHTTPServer carrying the corpus, options and fault plan."""
 
@@ -511,9 +1354,22 @@ class ReplayServer(ThreadingHTTPServer):
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.corpus = load_corpus(opts)
         self.faults = FaultPlan(opts.fault_rate, opts.seed, opts.faults)
+        self.hf_limiter = HfRateLimiter(opts.hf_rate_limit, opts.hf_rate_window)
+        # Bind first: --fake-weights points download URLs at this server's own address.
         super().__init__((opts.host, opts.port), Handler)
+        try:
+            self.corpus = load_corpus(opts, self.base_url)
+            if opts.truth_path is not None and self.corpus.truth is not None:
+                write_json_atomic(Path(opts.truth_path), self.corpus.truth)
+        except BaseException:
+            self.server_close()
+            raise
+
+    @property
+    def truth(self) -> dict[str, Any] | None:
+        """What --mutate changed (None when not mutating); the same as the --mutate-truth file."""
+        return self.corpus.truth
 
     @property
     def base_url(self) -> str:
@@ -576,7 +1432,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/__stats":
             if one(qs, "reset") in ("1", "true"):
                 self.server.faults.reset()
-            self.send_json(200, self.server.faults.snapshot())
+            self.send_json(200, self.server.faults.snapshot(detail=one(qs, "detail") in ("1", "true")))
             return
         opts = self.server.opts
         fault = self.server.faults.decide(f"{path}?{split.query}")
@@ -600,7 +1456,10 @@ class Handler(BaseHTTPRequestHandler):
         if fault == "html":
             self.send_body(200, CLOUDFLARE_HTML.encode(), "text/html; charset=UTF-8")
             return
-        if opts.require_token and not self.authorized(qs):
+        if self.headers.get("Authorization") or one(qs, "token"):
+            self.server.faults.record_token()  # counted, never recorded: host-scoping tests use this
+        # /files/ stands for the signed storage URL the download endpoint redirects to: no token there.
+        if opts.require_token and not path.startswith("/files/") and not self.authorized(qs):
             self.send_json(401, {"error": "Unauthorized"})
             return
         try:
@@ -608,10 +1467,26 @@ class Handler(BaseHTTPRequestHandler):
         except ApiError as err:
             status, ctype, headers = err.status, "application/json; charset=utf-8", err.headers
             body = json.dumps({"error": err.error}, separators=(",", ":")).encode()
-        if fault == "truncated":
+        if fault == "truncated" and ctype == "application/octet-stream":
+            self.send_cut(status, body, ctype, headers)
+            return
+        if fault == "truncated" and body:  # an empty redirect has nothing to cut
             body = body[: max(1, len(body) // 2)]
             status = 200
         self.send_body(status, body, ctype, headers)
+
+    def send_cut(self, status: int, body: bytes, content_type: str, headers: dict[str, str]) -> None:
+        """A file transfer cut off mid-body: full Content-Length announced, half sent, socket closed."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+        self.drop_connection()  # counted as status 0, like a dropped connection
 
     def authorized(self, qs: dict[str, list[str]]) -> bool:
         """Bearer header (preferred) or ``?token=`` — both accepted by the real server."""
@@ -634,26 +1509,43 @@ class Handler(BaseHTTPRequestHandler):
     def route(self, path: str, qs: dict[str, list[str]]) -> tuple[int, bytes, str, dict[str, str]]:
         """Dispatch to an endpoint; returns (status, body, content type, headers)."""
         json_type = "application/json; charset=utf-8"
+        record = self.server.faults.record_endpoint
         if path in ("/api/v1/models", "/api/v1/models/"):
+            record("models")
             body, headers = self.civitai_models(qs)
             return 200, body, json_type, headers
         m = re.fullmatch(r"/api/v1/models/(\d+)", path)
         if m:
+            record("model", int(m.group(1)))
             return 200, self.civitai_model(int(m.group(1))), json_type, {}
         m = re.fullmatch(r"/api/v1/model-versions/(\d+)", path)
         if m:
+            record("model_version", int(m.group(1)))
             return 200, self.civitai_version(int(m.group(1))), json_type, {}
         if path in ("/api/v1/images", "/api/v1/images/"):
+            record(
+                "images",
+                one(qs, "modelVersionId") or (f"model:{one(qs, 'modelId')}" if one(qs, "modelId") else None),
+            )
             return 200, self.civitai_images(qs), json_type, {}
+        if path in ("/api/v1/enums", "/api/v1/enums/"):
+            record("enums")
+            return 200, json.dumps(self.server.corpus.enums, separators=(",", ":")).encode(), json_type, {}
+        m = re.fullmatch(r"/api/download/models/(\d+)", path)
+        if m:
+            record("download", int(m.group(1)))
+            return self.civitai_download(int(m.group(1)), qs)
+        m = re.fullmatch(r"/files/(\d+)/(\d+)/([^/]+)", path)
+        if m:
+            record("file", f"{m.group(1)}/{m.group(2)}")
+            return self.file_body(int(m.group(1)), int(m.group(2)), unquote(m.group(3)))
         if path in ("/api/models", "/api/models/"):
-            body, headers = self.hf_models(qs)
-            return 200, body, json_type, headers
+            record("hf_models")
+            return self.hf_limited("api", lambda: self.hf_models(qs))
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)", path)
         if m:
-            item = self.server.corpus.hf_by_id.get(m.group(1))
-            if item is None:
-                raise ApiError(404, "Repository not found")
-            return 200, json.dumps(item).encode(), json_type, {}
+            record("hf_model", m.group(1))
+            return self.hf_limited("api", lambda: self.hf_model(m.group(1)))
         if path.startswith("/img/"):
             return 200, self.png_for(path[len("/img") :]), "image/png", {}
         if path == "/image-proxy":
@@ -663,8 +1555,29 @@ class Handler(BaseHTTPRequestHandler):
             return 200, self.png_for(urlsplit(url).path), "image/png", {}
         m = re.fullmatch(r"/([^/]+/[^/]+)/(?:resolve|raw)/([^/]+)/(.+)", path)
         if m:
-            return self.hf_file(m.group(1), m.group(3))
+            record("hf_file", m.group(1))
+            return self.hf_limited("resolvers", lambda: self.hf_file(m.group(1), m.group(3)))
         raise ApiError(404, "Not found")
+
+    def hf_limited(self, bucket: str, answer: Any) -> tuple[int, bytes, str, dict[str, str]]:
+        """Run an HF endpoint under the bucket's rate limit; every answer carries the RateLimit headers."""
+        allowed, limit_headers = self.server.hf_limiter.take(bucket)
+        if not allowed:
+            raise ApiError(
+                429,
+                f"You have exceeded our '{bucket}' rate limit quota. Retry after the window resets.",
+                limit_headers,
+            )
+        try:
+            result = answer()
+        except ApiError as err:
+            err.headers = {**limit_headers, **err.headers}
+            raise
+        if len(result) == 2:  # (body, headers) from the JSON endpoints
+            body, headers = result
+            return 200, body, "application/json; charset=utf-8", {**limit_headers, **headers}
+        status, body, ctype, headers = result
+        return status, body, ctype, {**limit_headers, **headers}
 
     # -- Civitai
 
@@ -683,12 +1596,19 @@ class Handler(BaseHTTPRequestHandler):
         sort = one(qs, "sort") or "Highest Rated"
         if sort in ("Most Liked", "Most Discussed", "Most Collected", "Most Images"):
             sort = "Highest Rated"  # same ordering keys in the real code for our purposes
-        elif sort == "Oldest":
-            sort = "Newest"  # served newest-first; documented limitation
         if sort not in SORT_NAMES:
-            raise ApiError(
-                400, {"issues": [{"code": "invalid_enum_value", "path": ["sort"]}], "name": "ZodError"}
-            )
+            raise enum_error("sort")
+        period = one(qs, "period") or "AllTime"
+        if period not in PERIODS:
+            raise enum_error("period")
+        since = period_start(corpus.clock_ms, period)
+        commercial = set(many(qs, "allowCommercialUse"))
+        if commercial - set(COMMERCIAL_VALUES):
+            raise enum_error("allowCommercialUse")
+        # "None" = no commercial use at all: the models whose permission set is empty.
+        want_none = "None" in commercial
+        commercial.discard("None")
+        flags = {k: v for k in LICENCE_FLAGS if (v := bool_param(qs, k)) is not None}
         nsfw_all = (one(qs, "nsfw") or "").lower() == "true"
         types = set(many(qs, "types"))
         base_models = set(many(qs, "baseModels"))
@@ -714,6 +1634,13 @@ class Handler(BaseHTTPRequestHandler):
                 and (not tag or tag in e.tags_lower)
                 and (user_slug is None or e.user_slug == user_slug)
                 and (ids is None or int(item["id"]) in ids)
+                and (since is None or e.last_ms >= since)
+                and (
+                    not (commercial or want_none)
+                    or bool(e.commercial & commercial)
+                    or (want_none and not e.commercial)
+                )
+                and all(e.licence.get(k) is v for k, v in flags.items())
             )
 
         keys, ordered = corpus.orders[sort]
@@ -751,7 +1678,8 @@ class Handler(BaseHTTPRequestHandler):
             if base_models:
                 parts.append(
                     json.dumps(
-                        render_item(e.item, opts.era, not nsfw_all, base_models), separators=(",", ":")
+                        render_item(e.item, opts.era, corpus.green or not nsfw_all, base_models),
+                        separators=(",", ":"),
                     )
                 )
             else:
@@ -775,6 +1703,52 @@ class Handler(BaseHTTPRequestHandler):
         pairs.append(("cursor", cursor))
         host = self.headers.get("Host") or self.server.base_url.removeprefix("http://")
         return f"http://{host}{path}?{urlencode(pairs, quote_via=quote)}"
+
+    def civitai_download(
+        self, version_id: int, qs: dict[str, list[str]]
+    ) -> tuple[int, bytes, str, dict[str, str]]:
+        """307 to the file's storage path (like Civitai's signed-URL redirect); 404 File not found."""
+        found = self.server.corpus.versions.get(version_id)
+        if found is None:
+            raise ApiError(404, "File not found", {"Cache-Control": "no-store"})
+        version, entry = found
+        if entry.item.get("mode") == "Archived":
+            raise ApiError(410, "Model archived, not available for download", {"Cache-Control": "no-store"})
+        picked = pick_file(version.get("files") or [], qs)
+        if picked is None:
+            raise ApiError(404, "File not found", {"Cache-Control": "no-store"})
+        pos, f = picked
+        name = str(f.get("name") or f"{version_id}.safetensors")
+        host = self.headers.get("Host") or self.server.base_url.removeprefix("http://")
+        location = f"http://{host}/files/{version_id}/{file_id_of(f, pos)}/{quote(name, safe='')}"
+        return 307, b"", "text/plain; charset=utf-8", {"Location": location, "Cache-Control": "no-store"}
+
+    def file_body(self, version_id: int, file_id: int, name: str) -> tuple[int, bytes, str, dict[str, str]]:
+        """The fake safetensors bytes of one served file (Range → 206, past the end → 416)."""
+        found = self.server.corpus.versions.get(version_id)
+        files = (found[0].get("files") or []) if found else []
+        if not any(file_id_of(f, pos) == file_id for pos, f in enumerate(files)):
+            raise ApiError(404, "File not found")
+        body = fake_safetensors(version_id, file_id)
+        headers = {
+            "Content-Disposition": content_disposition(name),
+            "Accept-Ranges": "bytes",
+            "Cache-Control": "no-store",
+        }
+        ctype = "application/octet-stream"
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "").strip())
+        if m:
+            begin = int(m.group(1))
+            end = min(int(m.group(2)), len(body) - 1) if m.group(2) else len(body) - 1
+            if begin >= len(body) or end < begin:
+                return 416, b"", ctype, {**headers, "Content-Range": f"bytes */{len(body)}"}
+            return (
+                206,
+                body[begin : end + 1],
+                ctype,
+                {**headers, "Content-Range": f"bytes {begin}-{end}/{len(body)}"},
+            )
+        return 200, body, ctype, headers
 
     def civitai_model(self, model_id: int) -> bytes:
         entry = self.server.corpus.by_id.get(model_id)
@@ -950,6 +1924,9 @@ class Handler(BaseHTTPRequestHandler):
         limit = int_param(qs, "limit", 1000, 1, 1000)
         full = (one(qs, "full") or "").lower() in ("true", "1")
         card = (one(qs, "cardData") or "").lower() in ("true", "1")
+        expand = qs.get("expand", []) + qs.get("expand[]", [])
+        if expand and (full or card or one(qs, "config")):
+            raise ApiError(400, "expand cannot be combined with full, cardData or config")
         sort = one(qs, "sort")
 
         def keep(m: dict[str, Any]) -> bool:
@@ -991,6 +1968,10 @@ class Handler(BaseHTTPRequestHandler):
         out = []
         for m in page:
             item = dict(m)
+            if expand:
+                # Only the asked-for properties (plus the ids the Hub always sends).
+                out.append({k: item[k] for k in ("_id", "id", *expand) if k in item})
+                continue
             if not card:
                 item.pop("cardData", None)
             if not full:
@@ -1018,6 +1999,12 @@ class Handler(BaseHTTPRequestHandler):
             token = base64.urlsafe_b64encode(json.dumps({"$offset": offset + limit}).encode()).decode()
             headers["Link"] = f'<{self.next_url("/api/models", qs, token)}>; rel="next"'
         return json.dumps(out, separators=(",", ":")).encode(), headers
+
+    def hf_model(self, repo: str) -> tuple[bytes, dict[str, str]]:
+        item = self.server.corpus.hf_by_id.get(repo)
+        if item is None:
+            raise ApiError(404, "Repository not found", {"X-Error-Code": "RepoNotFound"})
+        return json.dumps(item).encode(), {}
 
     def hf_file(self, repo: str, file_path: str) -> tuple[int, bytes, str, dict[str, str]]:
         """README text or image bytes for a repo file; weights are not served."""
@@ -1060,9 +2047,25 @@ def make_options(**options: Any) -> Options:
     bad = [f for f in options.get("faults", ()) if f not in FAULT_KINDS]
     if bad:
         raise ValueError(f"unknown fault kinds {bad}; choose from {FAULT_KINDS}")
-    for key in ("data_dir", "civitai_models"):
+    if "mutate_truth" in options:
+        options["truth_path"] = options.pop("mutate_truth")
+    for key in ("data_dir", "civitai_models", "truth_path", "enums"):
         if options.get(key) is not None:
             options[key] = Path(options[key])
+    if options.get("host_kind", "red") not in HOST_KINDS:
+        raise ValueError(f"host_kind must be one of {HOST_KINDS}")
+    if options.get("mutate") is not None:
+        options["mutate"] = float(options["mutate"])
+        if not 0 <= options["mutate"] <= MAX_MUTATE_FRACTION:
+            raise ValueError(f"mutate must be within 0..{MAX_MUTATE_FRACTION}")
+    elif options.get("truth_path") is not None:
+        raise ValueError("truth_path (--mutate-truth) needs mutate (--mutate FRACTION)")
+    if options.get("hf_rate_limit") is not None and int(options["hf_rate_limit"]) < 1:
+        raise ValueError("hf_rate_limit must be at least 1")
+    if float(options.get("hf_rate_window", 300.0)) <= 0:
+        raise ValueError("hf_rate_window must be positive")
+    if options.get("now") and not parse_time_ms(options["now"]):
+        raise ValueError(f"now must be an ISO timestamp, not {options['now']!r}")
     if "era" in options:
         options["era"] = int(options["era"])
         if options["era"] not in (2023, 2025):
@@ -1107,6 +2110,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--verbose", action="store_true", help="log method + path (never query/token) to stderr"
     )
+    parser.add_argument(
+        "--host-kind",
+        choices=HOST_KINDS,
+        default="red",
+        help="red: everything (civitai.red); green: SFW models and PG images only (civitai.com)",
+    )
+    parser.add_argument(
+        "--mutate",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help=f"serve the 'next day': FRACTION (0..{MAX_MUTATE_FRACTION}) of models/repos get each change",
+    )
+    parser.add_argument("--mutate-seed", type=int, default=0, help="seed of --mutate's choices")
+    parser.add_argument(
+        "--mutate-truth", type=Path, default=None, metavar="PATH", help="write the truth JSON"
+    )
+    parser.add_argument(
+        "--fake-weights",
+        action="store_true",
+        help="rewrite file hashes/sizes to the fake safetensors the download endpoint serves",
+    )
+    parser.add_argument("--enums", type=Path, default=None, help="JSON served as /api/v1/enums, as is")
+    parser.add_argument("--now", default=None, help="ISO end of period windows (default: corpus clock)")
+    parser.add_argument(
+        "--hf-rate-limit", type=int, default=None, metavar="N", help="HF: 429 after N requests per window"
+    )
+    parser.add_argument("--hf-rate-window", type=float, default=300.0, help="HF rate-limit window, seconds")
     args = parser.parse_args(argv)
     server = ReplayServer(
         make_options(
@@ -1122,6 +2153,15 @@ def main(argv: list[str] | None = None) -> None:
             retry_after=args.retry_after,
             latency_ms=args.latency_ms,
             verbose=args.verbose,
+            host_kind=args.host_kind,
+            mutate=args.mutate,
+            mutate_seed=args.mutate_seed,
+            truth_path=args.mutate_truth,
+            fake_weights=args.fake_weights,
+            enums=args.enums,
+            now=args.now,
+            hf_rate_limit=args.hf_rate_limit,
+            hf_rate_window=args.hf_rate_window,
         )
     )
     print(f"READY {server.base_url}", flush=True)
