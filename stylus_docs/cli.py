@@ -59,23 +59,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is not None and name != only:
             sub.add_parser(name, help=help_text)
             continue
-        try:
-            mod = importlib.import_module(f"stylus_docs.commands.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"stylus_docs.commands.{module}":
-                raise
-            stub = sub.add_parser(name, help=f"{help_text} (not available in this build)")
-            stub.set_defaults(func=_unavailable(name))
-            continue
-        mod.register(sub)
+        importlib.import_module(f"stylus_docs.commands.{module}").register(sub)
     return parser
-
-
-def _unavailable(name: str):
-    def run(args: argparse.Namespace, extra: list[str]) -> int:
-        raise FatalError(f"the '{name}' command is not available in this build")
-
-    return run
 
 
 class _DropBeamImportNoise(logging.Filter):
