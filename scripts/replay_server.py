@@ -2,7 +2,7 @@
 """Local replay server for the Civitai REST API v1 and the Hugging Face Hub API.
 
 Serves a saved corpus (default ``data/sample``) on loopback with the real paging/filter semantics
-described in docs/API-NOTES.md §1–2, plus seeded fault injection so crawlers can be tested
+of the public Civitai and Hugging Face APIs, plus seeded fault injection so crawlers can be tested
 against 429/5xx/HTML/truncated/dropped responses without touching the network.
 
 Endpoints
@@ -48,7 +48,8 @@ changed (new ``sha`` and ``lastModified``, README changed), n new. New content i
 the corpus's latest date. The truth (see :meth:`CorpusMutator.run`) is ``server.truth`` and is written to
 PATH as JSON. FRACTION 0 serves the corpus unchanged (and writes an empty truth).
 
-Two hosts (API-NOTES §1.12): start two instances on two ports over the same corpus — ``--host-kind red``
+Two hosts (green civitai.com, red civitai.red): start two instances on two ports over the same
+corpus — ``--host-kind red``
 (default: everything, as before) and ``--host-kind green`` (SFW only: models with ``nsfw`` false whose
 ``nsfwLevel`` has the PG bit; only PG images anywhere; NSFW models, versions and downloads 404 even with
 ``nsfw=true``). With the same ``--mutate``/``--mutate-seed`` both serve the same "next day".
@@ -983,7 +984,7 @@ BUILTIN_ENUMS: dict[str, list[str]] = {
     "ModelFileType": [
         "Model", "Text Encoder", "Pruned Model", "Negative", "Training Data", "VAE", "Config", "Archive",
     ],
-    # packages/civitai-shared/src/basemodel.constants.ts (API-NOTES §1.8)
+    # Civitai's packages/civitai-shared/src/basemodel.constants.ts
     "BaseModel": [
         "Anima", "AuraFlow", "Chroma", "CogVideoX", "Ernie", "Flux.1 S", "Flux.1 D", "Flux.1 Krea",
         "Flux.1 Kontext", "Flux.2 D", "Flux.2 Klein 9B", "Flux.2 Klein 9B-base", "Flux.2 Klein 4B",
@@ -1011,8 +1012,8 @@ def load_enums(opts: Options, items: list[dict[str, Any]]) -> dict[str, Any]:
 
     An explicit file (``--enums``, or ``DATA/civitai/enums.json``) is served as is — so a test can
     serve base models the corpus does not use, or leave out one it does. Otherwise the saved real
-    answer (../shared/data/civitai-2025/enums.json) or, without it, the built-in lists of API-NOTES
-    §1.8, with every base model of the corpus that they lack appended to ``BaseModel``.
+    answer (../shared/data/civitai-2025/enums.json) or, without it, the built-in lists below,
+    with every base model of the corpus that they lack appended to ``BaseModel``.
     """
     explicit = Path(opts.enums) if opts.enums else Path(opts.data_dir) / "civitai" / "enums.json"
     if explicit.is_file():

@@ -1,4 +1,4 @@
-"""Adapter weight downloads into a content-addressed, SHA-256-verified cache (DESIGN.md stage 4).
+"""Adapter weight downloads into a content-addressed, SHA-256-verified cache (README "The GPU worker").
 
 Layout under the cache root::
 
@@ -19,7 +19,8 @@ goes only to Civitai hosts and ``HF_TOKEN`` only to Hugging Face hosts, as an ``
 and never follows a redirect to another host (signed storage URLs need none). Tokens are never stored or
 logged; stored URLs pass through :func:`~stylus_docs.secrets.strip_token_params`.
 
-Errors of the Civitai download endpoint (API-NOTES.md §1.10) become :class:`~stylus_docs.errors.SkipRecord`
+Errors of the Civitai download endpoint (``/api/download/models/{versionId}``) become
+:class:`~stylus_docs.errors.SkipRecord`
 with a stable reason: ``login_required`` (401), ``early_access`` / ``forbidden`` (403), ``not_found``
 (404), ``archived`` (410), ``volume_limit`` (429 after retries), ``server_error`` / ``connection_error``
 (retries spent), ``sha256_mismatch``, ``too_large``, ``pickle_format``, ``not_safetensors``,
@@ -525,7 +526,7 @@ class AdapterCache:
 
 
 def _map_http_failure(exc: HttpFailure) -> SkipRecord:
-    """Clear reasons for the download endpoint's answers (API-NOTES.md §1.10)."""
+    """Clear reasons for the download endpoint's answers (``/api/download/models/{versionId}``)."""
     status = exc.status
     detail = exc.detail
     if status == 401 or exc.reason == "unauthorized":

@@ -1,4 +1,4 @@
-"""The three failure outcomes of the toolkit (DESIGN.md, "Failure policy").
+"""The three failure outcomes of the toolkit (README "Failure policy, secrets, security").
 
 Each call site decides which one applies:
 

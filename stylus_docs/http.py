@@ -83,7 +83,8 @@ from stylus_docs.secrets import get_secret, redact, strip_token_params
 
 logger = logging.getLogger(__name__)
 
-#: Body text of Civitai's deterministic paging-cap 429 (API-NOTES §1.2); retrying it never helps.
+#: Body text of Civitai's deterministic paging-cap 429 (``page * limit > 1000`` on /api/v1/models);
+#: retrying it never helps.
 TOO_MANY_PAGES_MARKER = "too many pages"
 
 _HF_RATELIMIT_T = re.compile(r"(?:^|;)\s*t\s*=\s*(\d+(?:\.\d+)?)")

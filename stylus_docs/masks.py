@@ -1,4 +1,4 @@
-"""Masking schemes and adapter weights of Stylus (STYLUS-NOTES.md §1.7).
+"""Masking schemes and adapter weights of Stylus (the paper, Luo et al., NeurIPS 2024: the composer's masks).
 
 A composition has topics, each with 0–N adapters. A *mask* switches adapters on or off per topic; it is
 a tuple with one tuple of booleans per topic. Three strategies, as in the reference code

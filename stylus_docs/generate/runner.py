@@ -61,7 +61,7 @@ DEFAULT_NEGATIVE = (
 
 @dataclass(slots=True)
 class GenerateSettings:
-    """Generation settings (defaults as in the paper's setup, STYLUS-NOTES.md §1.8; cfg 6 as in Table 1).
+    """Generation settings (defaults as in the paper's setup, cfg 6 as in Table 1).
 
     Args:
         num_images: images per prompt (one seed each: ``seed + i``).

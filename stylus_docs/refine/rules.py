@@ -1,4 +1,4 @@
-"""Weight and category rules shared by the refiners (STYLUS-NOTES §1.3).
+"""Weight and category rules shared by the refiners (the paper's refiner).
 
 Weight: a ``<lora:NAME:w>`` weight in the example prompts overrides the card; else the weight the card
 states, or the middle of the range it states; else 0.8 (the paper's default).

@@ -1,4 +1,4 @@
-"""Render stage (DESIGN.md stage 5): images of each adapter with and without its LoRA, plus a load verdict.
+"""Render stage (README, GPU worker): images of each adapter with and without its LoRA, plus a load verdict.
 
 Public API:
 

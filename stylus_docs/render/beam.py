@@ -80,7 +80,7 @@ class _SplitRenderOutput(beam.DoFn):
 
 
 class RenderAdapters(beam.PTransform):
-    """Render each AdapterCard with and without its LoRA (DESIGN.md stage 5).
+    """Render each AdapterCard with and without its LoRA (README "The GPU worker").
 
     Input: AdapterCard dicts with at least ``adapter_id``, ``example_prompts``, ``trigger_words``,
     ``recommended_weight``, ``download_url``, ``sha256``, ``file_name``, ``base_model``.

@@ -1,4 +1,4 @@
-"""Configuration of the render stage (DESIGN.md stage 5)."""
+"""Configuration of the render stage (README "The GPU worker")."""
 
 from __future__ import annotations
 
