@@ -3,9 +3,14 @@
 Stages (composite PTransforms, each with dead-letter / filtered / event outputs; see the stages module)::
 
     Normalize → FilterCards → Reuse → [Download → Render] → Refine (extractive | openai) → Embed
-        → Write (adapters, images, dead letters) → WriteStats
+        → Write (adapters, images, dead letters, removed.json) → WriteStats
 
 Render comes before refine so that the VLM sees what each adapter really draws.
+
+Before the pipeline starts the driver reads what a snapshot holds besides its data chunks
+(:mod:`stylus_docs.build.inputs`): tombstones (adapters deleted at the source: dropped and listed in
+``removed.json``, or with ``--keep-deleted`` written from their last known record, ``deleted = true``) and
+the saved ``/api/v1/enums`` base-model names (``--base-models`` is checked against them).
 
 Everything is written into ``DOCS/builds/<id>/``; when the pipeline has finished, the driver writes the
 manifest (counts, files, SHA-256) and publishes with :func:`stylus_docs.release.publish`. A failure
@@ -35,6 +40,7 @@ from stylus_docs import release, writer
 from stylus_docs.beam_options import make_pipeline_options, split_beam_args
 from stylus_docs.build import rules
 from stylus_docs.build.config import BuildConfig, add_arguments, config_from_args
+from stylus_docs.build.inputs import SnapshotExtras, load_extras
 from stylus_docs.embedding import EmbedderInfo, embedder_info
 from stylus_docs.errors import FatalError
 from stylus_docs.normalize.raw import RawFile, discover
@@ -56,11 +62,19 @@ check_publishable = rules.check_publishable
 
 
 def build_pipeline(p: beam.Pipeline, config: BuildConfig, files: list[RawFile], build_dir: Path,
-                   info: EmbedderInfo, progress: bool) -> None:  # fmt: skip
-    """Add every stage of the build to ``p`` (outputs go to ``build_dir``)."""
+                   info: EmbedderInfo, progress: bool,
+                   extras: SnapshotExtras | None = None) -> None:  # fmt: skip
+    """Add every stage of the build to ``p`` (outputs go to ``build_dir``).
+
+    ``extras``: the snapshot's tombstones and enums (:func:`stylus_docs.build.inputs.load_extras`).
+    """
+    extras = extras or SnapshotExtras()
     previous = str(release.resolve_build(config.previous)) if config.previous else None
-    normalized = p | "Normalize" >> stages.Normalize(files)
-    kept = normalized["cards"] | "FilterCards" >> stages.FilterCards(config.filters)
+    inputs = files + (extras.tombstone_inputs() if config.keep_deleted else [])
+    normalized = p | "Normalize" >> stages.Normalize(inputs, extras.coverage, config.keep_deleted)
+    kept = normalized["cards"] | "FilterCards" >> stages.FilterCards(
+        config.filters, extras.known_base_models or frozenset()
+    )
     reuse = kept["cards"] | "Reuse" >> stages.Reuse(previous, config.refiner_id, info.id, config.render)
     parts = [normalized, kept, reuse]
     to_refine = reuse["refine"]
@@ -83,7 +97,9 @@ def build_pipeline(p: beam.Pipeline, config: BuildConfig, files: list[RawFile], 
         final = final | "Progress" >> beam.ParDo(stages.Progress("adapters"))
     parts += [refined, embedded]
     dead = [s[stages.DEAD] for s in parts] | "DeadLetters" >> beam.Flatten()
-    written = {"cards": final, "dead": dead} | "Write" >> stages.Write(build_dir, config.shards, info.dim)
+    written = {"cards": final, "dead": dead} | "Write" >> stages.Write(
+        build_dir, config.shards, info.dim, extras.removal
+    )
     parts.append(written)
     side = {tag: [s[tag] for s in parts] | f"All{tag.capitalize()}" >> beam.Flatten() for tag in stages.SIDE}
     _ = side | "WriteStats" >> stages.WriteStats(build_dir)
@@ -110,17 +126,18 @@ def run_build(
         # against its manifest (size + SHA-256) before the pipeline starts, not deep inside a worker.
         prev = release.resolve_build(config.previous)
         release.table_files(prev, release.load_manifest(prev), "adapters")
+    extras = load_extras(config.raw, files, config.previous, config.filters.base_models)
     docs = Path(config.out)
     try:
         docs.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FatalError(f"cannot create release root {docs}: {exc.strerror}") from exc
     with release.build_lock(docs):
-        return _run_locked(config, files, info, docs, beam_args, runner)
+        return _run_locked(config, files, extras, info, docs, beam_args, runner)
 
 
-def _run_locked(config: BuildConfig, files: list[RawFile], info: EmbedderInfo, docs: Path,
-                beam_args: Sequence[str], runner: str | None) -> dict[str, Any]:  # fmt: skip
+def _run_locked(config: BuildConfig, files: list[RawFile], extras: SnapshotExtras, info: EmbedderInfo,
+                docs: Path, beam_args: Sequence[str], runner: str | None) -> dict[str, Any]:  # fmt: skip
     build_id = config.build_id or release.new_build_id()
     build_dir = release.build_path(docs, build_id)
     if build_dir.exists():
@@ -134,9 +151,10 @@ def _run_locked(config: BuildConfig, files: list[RawFile], info: EmbedderInfo, d
     started = time.time()
     ok = False
     try:
-        inputs = [{"path": f.path, "sha256": release.sha256_file(f.path)} for f in files]
+        paths = [f.path for f in files] + extras.manifest_inputs()
+        inputs = [{"path": path, "sha256": release.sha256_file(path)} for path in paths]
         p = beam.Pipeline(options=options)
-        build_pipeline(p, config, files, build_dir, info, progress)
+        build_pipeline(p, config, files, build_dir, info, progress, extras)
         result = p.run()
         result.wait_until_finish()
         timings = stages.stage_seconds(result)

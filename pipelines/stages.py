@@ -34,12 +34,13 @@ from stylus_docs.build import rules
 from stylus_docs.build.config import BuildConfig
 from stylus_docs.embedding import EmbedderInfo, embed_cards, load_embedder
 from stylus_docs.errors import RetryableError, SkipRecord
-from stylus_docs.filters import FilterConfig, apply_filters, filter_images
-from stylus_docs.normalize import civitai, huggingface
+from stylus_docs.filters import FilterConfig, apply_filters, filter_images, unknown_base_model
+from stylus_docs.normalize import civitai, deletions, huggingface
 from stylus_docs.normalize.raw import (
     CIVITAI_MODEL,
     CIVITAI_VERSION,
     HF_MODEL,
+    TOMBSTONE,
     RawFile,
     RawRecord,
     read_records,
@@ -176,25 +177,57 @@ def stage_outputs(pipeline: beam.Pipeline, label: str, parts: list[Any], **main:
 
 
 # --------------------------------------------------------------------------------------------- normalize
+def _tombstone_cards(payload: Any, origin: str) -> tuple[list[AdapterCard | SkipRecord], str]:
+    """A tombstone line's last known record → its cards (tagged as tombstone records)."""
+    # Validated by the driver already (a ValueError here would be a malformed_record).
+    stone = deletions.parse_tombstone(payload, origin)
+    record = payload.get("record")
+    if record is None:
+        return [], rules.TOMB_CARD
+    if stone.source == "hf":
+        entries: list[AdapterCard | SkipRecord] = [huggingface.normalize_hf(record)]
+        tag = rules.TOMB_CARD
+    elif stone.kind == "model":
+        entries, tag = list(civitai.normalize_model_entries(record)), rules.TOMB_CARD
+    else:
+        entries, tag = [civitai.normalize_version(record)], rules.TOMB_DETAIL
+    out: list[AdapterCard | SkipRecord] = []
+    for entry in entries:
+        if isinstance(entry, AdapterCard):
+            if not stone.covers(entry.adapter_id):
+                entry = SkipRecord("tombstone_mismatch", f"the record of tombstone {origin} is "
+                                   f"{entry.adapter_id}, not what the tombstone deletes")  # fmt: skip
+            else:
+                entry.source_host = entry.source_host or stone.host
+        out.append(entry)
+    return out, tag
+
+
 def normalize_record(rec: RawRecord) -> Iterator[Any]:
-    """Raw record → ``(adapter_id, ("card"|"detail", AdapterCard))``; a bad record → one dead letter."""
+    """Raw record → ``(adapter_id, (tag, AdapterCard))`` (tags in :mod:`rules`); a bad one → a dead letter.
+
+    A tombstone line (``--keep-deleted``) stands for its last known record; one without a record is not
+    an input record and yields nothing.
+    """
     source = os.path.basename(rec.source)
     if rec.error:
         yield Event("input")
         yield Dead("read", rec.error.split(":", 1)[0], rec.origin, rec.error, source)
         return
     try:
-        if rec.kind == CIVITAI_MODEL:
-            entries = civitai.normalize_model_entries(rec.payload)
+        if rec.kind in (CIVITAI_MODEL, TOMBSTONE):
+            if rec.kind == CIVITAI_MODEL:
+                entries, tag = list(civitai.normalize_model_entries(rec.payload)), rules.CARD
+            else:
+                entries, tag = _tombstone_cards(rec.payload, rec.origin)
             cards = [e for e in entries if isinstance(e, AdapterCard)]
             for skip in (e for e in entries if isinstance(e, SkipRecord)):
                 yield Event("input")
                 yield Dead("normalize", skip.reason, rec.origin, skip.detail, source)
-            tag = "card"
         elif rec.kind == CIVITAI_VERSION:
-            cards, tag = [civitai.normalize_version(rec.payload)], "detail"
+            cards, tag = [civitai.normalize_version(rec.payload)], rules.DETAIL
         elif rec.kind == HF_MODEL:
-            cards, tag = [huggingface.normalize_hf(rec.payload)], "card"
+            cards, tag = [huggingface.normalize_hf(rec.payload)], rules.CARD
         else:
             raise SkipRecord("unknown_record", rec.kind)
     except SkipRecord as exc:
@@ -211,39 +244,63 @@ def normalize_record(rec: RawRecord) -> Iterator[Any]:
         yield card.adapter_id, (tag, card)
 
 
-def merge_step(group: tuple[str, Iterable[tuple[str, AdapterCard]]]) -> Iterator[Any]:
-    """One adapter id's records → one card (:func:`rules.merge_versions`); duplicates are filtered."""
-    adapter_id, values = group
-    merged = rules.merge_versions(values)
-    yield Event("input", merged.records)
-    for _ in range(merged.duplicates):
-        yield Filtered("duplicate")
-    if merged.card is None:
-        yield Dead("merge", "malformed_record", adapter_id, merged.error)
-    else:
-        yield merged.card
+class _MergeStep:
+    """One adapter id's records → one card (:func:`rules.merge_versions`); duplicates and deleted
+    adapters (covered by a tombstone) are filtered."""
+
+    def __init__(self, coverage: deletions.Coverage | None = None, keep_deleted: bool = False) -> None:
+        self.coverage = coverage or deletions.Coverage()
+        self.keep_deleted = keep_deleted
+
+    def __call__(self, group: tuple[str, Iterable[tuple[str, AdapterCard]]]) -> Iterator[Any]:
+        adapter_id, values = group
+        merged = rules.merge_versions(
+            values, covered=self.coverage.covers(adapter_id), keep_deleted=self.keep_deleted
+        )
+        yield Event("input", merged.records)
+        for _ in range(merged.duplicates):
+            yield Filtered("duplicate")
+        for _ in range(merged.deleted):
+            yield Filtered("deleted")
+        if merged.error is not None:
+            yield Dead("merge", "malformed_record", adapter_id, merged.error)
+        elif merged.card is not None:
+            yield merged.card
 
 
 class Normalize(beam.PTransform):
-    """Raw snapshot files → one :class:`AdapterCard` per adapter version (every schema era)."""
+    """Raw snapshot files → one :class:`AdapterCard` per adapter version (every schema era).
 
-    def __init__(self, files: list[RawFile]) -> None:
+    Args:
+        files: the data files (and, with ``keep_deleted``, the tombstone files as :data:`TOMBSTONE`).
+        coverage: adapter ids the snapshot's tombstones mark deleted (dropped as ``deleted``, or with
+            ``keep_deleted`` written from their last known record with ``deleted = true``).
+    """
+
+    def __init__(self, files: list[RawFile], coverage: deletions.Coverage | None = None,
+                 keep_deleted: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.files = files
+        self.coverage, self.keep_deleted = coverage, keep_deleted
 
     def expand(self, root: beam.pvalue.PBegin) -> dict[str, Any]:
         records = root | "ListInputs" >> beam.Create(self.files) | "ReadRaw" >> beam.FlatMap(read_records)
         norm = route(records, "Normalize", normalize_record)
-        merged = route(norm.main | "Group" >> beam.GroupByKey(), "MergeVersions", merge_step)
+        merged = route(norm.main | "Group" >> beam.GroupByKey(), "MergeVersions",
+                       _MergeStep(self.coverage, self.keep_deleted))  # fmt: skip
         return stage_outputs(root.pipeline, "Normalize", [norm, merged], cards=merged.main)
 
 
 # --------------------------------------------------------------------------------------------- filter
 class _FilterStep:
-    def __init__(self, config: FilterConfig) -> None:
+    def __init__(self, config: FilterConfig, known_base_models: frozenset[str] = frozenset()) -> None:
         self.config = config
+        self.known = known_base_models
 
     def __call__(self, card: AdapterCard) -> Iterator[Any]:
+        unknown = unknown_base_model(card, self.known)
+        if unknown is not None:
+            yield Event(f"unknown_base_models/{unknown}")
         for reason, n in filter_images(card, self.config).items():
             yield Event(f"images_filtered/{reason}", n)
         reason = apply_filters(card, self.config)
@@ -254,14 +311,19 @@ class _FilterStep:
 
 
 class FilterCards(beam.PTransform):
-    """Drop cards by rule (one reason each) and NSFW example images from the cards kept."""
+    """Drop cards by rule (one reason each) and NSFW example images from the cards kept.
 
-    def __init__(self, config: FilterConfig) -> None:
+    Every card entering the stage whose base model is in neither ``known_base_models`` (the snapshot's
+    live enums) nor a known family is counted under ``unknown_base_models/<name>`` (and kept as is).
+    """
+
+    def __init__(self, config: FilterConfig, known_base_models: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.config = config
+        self.known = frozenset(known_base_models)
 
     def expand(self, cards: beam.PCollection) -> dict[str, Any]:
-        kept = route(cards, "Filter", _FilterStep(self.config))
+        kept = route(cards, "Filter", _FilterStep(self.config, self.known))
         return stage_outputs(cards.pipeline, "FilterCards", [kept], cards=kept.main)
 
 
@@ -619,6 +681,9 @@ class _ToRowsStep:
             return
         for image in images:
             yield Tagged("images", image)
+        if card.deleted:
+            yield Event("kept_deleted")
+            yield Tagged("kept_deleted", (card.adapter_id, True))
         yield row
 
 
@@ -662,21 +727,35 @@ class _WithEmpty(beam.PTransform):
         return (keyed, empty) | "Union" >> beam.Flatten() | "Group" >> beam.GroupByKey()
 
 
+def _not_written(group: tuple[str, dict[str, list[Any]]]) -> Iterator[dict[str, Any]]:
+    adapter_id, joined = group
+    if joined["candidate"] and not joined["written"]:
+        yield {"adapter_id": adapter_id, **joined["candidate"][0]}
+
+
 class Write(beam.PTransform):
-    """Complete cards → adapters and images shards; all dead letters → their file; ``.files.json``.
+    """Complete cards → adapters and images shards; all dead letters → their file; the removed adapters
+    → ``removed.json``; ``.files.json``.
 
     Input: ``{"cards": complete cards, "dead": every earlier stage's dead letters}``. Output: the stage
     dict, whose ``dead`` holds the write stage's own dead letters (rows that break the schema).
+
+    Args:
+        removed: removal candidates, adapter id → ``{reason, last_seen, host}``
+            (:func:`stylus_docs.normalize.deletions.removal_candidates`); those not written (all of them
+            unless ``--keep-deleted`` kept their last known card) are listed in ``removed.json``.
     """
 
-    def __init__(self, build_dir: Path, shards: int, dim: int) -> None:
+    def __init__(self, build_dir: Path, shards: int, dim: int,
+                 removed: dict[str, dict[str, Any]] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.build_dir, self.shards, self.dim = str(build_dir), shards, dim
+        self.removed = sorted((removed or {}).items())
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> dict[str, Any]:
         cards, earlier_dead = inputs["cards"], inputs["dead"]
         p = cards.pipeline
-        rows = route(cards, "ToRows", _ToRowsStep(self.dim), "images")
+        rows = route(cards, "ToRows", _ToRowsStep(self.dim), "images", "kept_deleted")
         adapter_files = rows.main | "WriteAdapters" >> WriteShards(
             "adapters", self.build_dir, self.shards, self.dim
         )
@@ -691,8 +770,18 @@ class Write(beam.PTransform):
             | "WriteDeadLetters"
             >> beam.Map(lambda g: writer.write_dead_letters(self.build_dir, [d for d in g[1] if d]))
         )
+        candidates = p | "RemovalCandidates" >> beam.Create(self.removed)
+        removed_file = (
+            {"candidate": candidates, "written": rows["kept_deleted"]}
+            | "JoinWritten" >> beam.CoGroupByKey()
+            | "NotWritten" >> beam.FlatMap(_not_written)
+            | "RemovedKey" >> beam.Map(lambda e: (0, e))
+            | "RemovedEmpty" >> _WithEmpty()
+            | "WriteRemoved"
+            >> beam.Map(lambda g: writer.write_removed(self.build_dir, [e for e in g[1] if e]))
+        )
         _ = (
-            (adapter_files, image_files, dead_file)
+            (adapter_files, image_files, dead_file, removed_file)
             | "Files" >> beam.Flatten()
             | "FilesKey" >> beam.Map(lambda e: (0, e))
             | "FilesGroup" >> beam.GroupByKey()

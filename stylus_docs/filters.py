@@ -15,7 +15,10 @@ Defaults (documented in the build's ``--help`` and the manifest's ``filters``):
   composer need at least one example; the paper's composer drops ≤ 2 images at compose time, which
   stays a compose-time choice).
 
-:func:`apply_filters` returns the first reason that applies, or ``None`` to keep the card.
+:func:`apply_filters` returns the first reason that applies, or ``None`` to keep the card. The build
+also drops adapters a tombstone of the snapshot marks deleted (``deleted``, before these rules; see
+:func:`stylus_docs.build.rules.merge_versions`), and :func:`unknown_base_model` names base models to
+count because neither the live enums nor the family table knows them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stylus_docs.errors import FatalError
+from stylus_docs.normalize.base_models import counted_name, family
 from stylus_docs.records import AdapterCard
 
 DEFAULT_TYPES = ("LORA", "LoCon", "DoRA")
@@ -154,3 +158,14 @@ def apply_filters(card: AdapterCard, config: FilterConfig) -> str | None:
     if len(card.images) < config.min_images:
         return "too_few_images"
     return None
+
+
+def unknown_base_model(card: AdapterCard, known: frozenset[str]) -> str | None:
+    """The card's base model when it is in neither ``known`` (the live enums) nor any family, else None.
+
+    Such cards are kept as they are; the build counts them by name (``counts.unknown_base_models``).
+    """
+    name = counted_name(card.base_model)
+    if name is None or card.base_model in known or name in known:
+        return None
+    return None if family(name) else name

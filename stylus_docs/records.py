@@ -43,6 +43,8 @@ class ExampleImage:
         image_id: source id (Civitai image id, URL hash for HF) or render id.
         origin: "example" or "rendered".
         lora_weights: ``{lora name: weight}`` parsed from ``<lora:name:w>`` in the prompt.
+        civitai_resources: ``meta.civitaiResources`` of a Civitai image, each
+            ``{model_version_id, type, weight, name}``: the resources it was really generated with.
     """
 
     adapter_id: str
@@ -63,6 +65,7 @@ class ExampleImage:
     with_adapter: bool | None = None
     weight: float | None = None
     scheduler: str | None = None
+    civitai_resources: list[dict[str, Any]] | None = None
 
     def to_row(self) -> dict[str, Any]:
         """The images-table row (``lora_weights`` as a JSON string)."""
@@ -93,6 +96,9 @@ class AdapterCard:
     """One adapter version, normalized from any source era.
 
     The refine/embed fields (``refined_description`` … ``embedding``) are empty until those stages ran.
+    ``base_model_family`` groups base-model names (:func:`stylus_docs.normalize.base_models.family`);
+    ``source_host`` is the API base URL the record was crawled from; ``deleted`` marks a card a tombstone
+    says is gone, kept from its last known record by ``--keep-deleted``.
     """
 
     adapter_id: str
@@ -103,6 +109,7 @@ class AdapterCard:
     type: str
     version_name: str | None = None
     base_model: str | None = None
+    base_model_family: str | None = None
     tags: list[str] = field(default_factory=list)
     trigger_words: list[str] = field(default_factory=list)
     description: str = ""
@@ -122,6 +129,8 @@ class AdapterCard:
     download_url: str | None = None
     published_at: str | None = None
     card_url: str | None = None
+    source_host: str | None = None
+    deleted: bool = False
     images: list[ExampleImage] = field(default_factory=list)
     # Filled by later stages.
     content_hash: str = ""
@@ -200,11 +209,11 @@ _CARD_FIELDS = (
 ).split()
 #: Adapters-table columns that are attributes of the card (``example_prompts`` is derived).
 _ROW_FIELDS = (
-    "adapter_id source model_id version_id title version_name type base_model tags trigger_words description "
-    "refined_description category recommended_weight nsfw nsfw_level creator downloads likes rating "
-    "license_commercial allow_no_credit allow_derivatives file_name file_size_kb sha256 download_url "
-    "published_at card_url content_hash refiner embedder embedding render_status render_error render_load_s "
-    "render_s"
+    "adapter_id source model_id version_id title version_name type base_model base_model_family tags "
+    "trigger_words description refined_description category recommended_weight nsfw nsfw_level creator "
+    "downloads likes rating license_commercial allow_no_credit allow_derivatives file_name file_size_kb "
+    "sha256 download_url published_at card_url source_host content_hash refiner embedder embedding "
+    "render_status render_error render_load_s render_s deleted"
 ).split()
 
 

@@ -2,9 +2,9 @@
 
 ``schemas/*.v1.json`` are the single source of truth for table columns. Each column property carries an
 ``x-arrow`` annotation (``string``, ``int32``, ``list<string>``, ``timestamp[us, UTC]``,
-``fixed_size_list<float32>``, ...); :func:`arrow_schema` turns a table schema into a
-:class:`pyarrow.Schema` with the columns in property order, nullable exactly when the JSON type admits
-``null``. The embedding's dimension is not fixed by the schema: it comes from the embedder.
+``fixed_size_list<float32>``, ``list<struct<name:type,...>>``, ...); :func:`arrow_schema` turns a table
+schema into a :class:`pyarrow.Schema` with the columns in property order, nullable exactly when the JSON
+type admits ``null``. The embedding's dimension is not fixed by the schema: it comes from the embedder.
 
 The package reads them from ``stylus_docs/_schemas`` (a symlink to ``schemas/`` in a checkout, real files
 in a wheel); ``STYLUS_DOCS_SCHEMA_DIR`` overrides it.
@@ -69,11 +69,33 @@ def load_schema(name: str) -> dict[str, Any]:
         raise FatalError(f"schema {file} not found in {path.parent} (set STYLUS_DOCS_SCHEMA_DIR)") from exc
 
 
+def struct_fields(spec: str) -> list[tuple[str, str]]:
+    """``(name, x-arrow type)`` of each field of a ``struct<name:type,...>`` spec, in order."""
+    if not (spec.startswith("struct<") and spec.endswith(">")):
+        raise ValueError(f"not a struct type: {spec!r}")
+    out: list[tuple[str, str]] = []
+    depth, start, inner = 0, 0, spec[7:-1]
+    for i, ch in enumerate(inner + ","):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            name, sep, kind = inner[start:i].partition(":")
+            if not sep or not name.strip() or not kind.strip():
+                raise ValueError(f"bad struct field {inner[start:i]!r} in {spec!r}")
+            out.append((name.strip(), kind.strip()))
+            start = i + 1
+    return out
+
+
 def _arrow_type(spec: str, dim: int | None) -> pa.DataType:
     if spec in _SCALARS:
         return _SCALARS[spec]
     if spec.startswith("list<") and spec.endswith(">"):
         return pa.list_(_arrow_type(spec[5:-1], dim))
+    if spec.startswith("struct<"):
+        return pa.struct([pa.field(name, _arrow_type(kind, dim)) for name, kind in struct_fields(spec)])
     if spec.startswith("fixed_size_list<") and spec.endswith(">"):
         if not dim:
             raise ValueError("a fixed_size_list column needs the embedding dimension")

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from stylus_docs import release
 from stylus_docs.atomic import atomic_open, atomic_write_text
 from stylus_docs.errors import FatalError
-from stylus_docs.schemas import TABLES, arrow_schema, load_schema, validation_errors
+from stylus_docs.schemas import TABLES, arrow_schema, load_schema, struct_fields, validation_errors
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,17 @@ def _value_problem(spec: str, value: Any, dim: int | None) -> str | None:
         except (TypeError, ValueError) as exc:
             return f"not a timestamp ({exc})"
         return None
+    if spec.startswith("struct<"):
+        if not isinstance(value, dict):
+            return f"{type(value).__name__} is not an object"
+        fields = dict(struct_fields(spec))
+        unknown = sorted(str(k) for k in value if k not in fields)
+        if unknown:
+            return f"field {unknown[0]!r} is not in {spec}"
+        for name, kind in fields.items():
+            if value.get(name) is not None and (problem := _value_problem(kind, value[name], dim)):
+                return f"{name}: {problem}"
+        return None
     if spec.startswith("list<"):
         if not isinstance(value, list | tuple):
             return f"{type(value).__name__} is not a list"
@@ -116,7 +127,7 @@ def row_problem(table: str, row: dict[str, Any], dim: int | None = None) -> str 
         if name not in props:
             return f"column {name!r} is not in {TABLES[table]}"
     for name, prop in props.items():
-        value = row.get(name)
+        value = row.get(name, prop.get("default"))
         if value is None:
             if name in required and "null" not in (prop.get("type") or []):
                 return f"column {name!r} is required"
@@ -135,6 +146,9 @@ def rows_to_table(table: str, rows: list[dict[str, Any]], dim: int | None = None
     """
     schema = arrow_schema(table, dim)
     known = set(schema.names)
+    # A column missing from a row takes its JSON Schema ``default`` (``deleted`` = false), so writers
+    # that predate a column still write valid shards.
+    defaults = {name: prop.get("default") for name, prop in load_schema(TABLES[table])["properties"].items()}
     for row in rows:
         unknown = sorted(set(row) - known)
         if unknown:
@@ -142,7 +156,7 @@ def rows_to_table(table: str, rows: list[dict[str, Any]], dim: int | None = None
             raise ValueError(f"{table} row has columns not in schemas/{table}.v1.json: {', '.join(unknown)}")
     columns: dict[str, pa.Array] = {}
     for fld in schema:
-        values = [row.get(fld.name) for row in rows]
+        values = [row.get(fld.name, defaults.get(fld.name)) for row in rows]
         if pa.types.is_timestamp(fld.type):
             values = [_timestamp(v) for v in values]
         if pa.types.is_fixed_size_list(fld.type):
@@ -196,6 +210,23 @@ def write_dead_letters(
         for item in items:
             handle.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n")
     return file_entry(base, rel, "dead_letter", len(items))
+
+
+#: Path (in a build) of the list of adapters the build removed; its manifest table is ``removed``.
+REMOVED_FILE = "removed.json"
+
+
+def write_removed(build_dir: str | os.PathLike[str], entries: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Write ``removed.json`` (``{"count", "adapters": [{adapter_id, reason, last_seen, host}]}``, sorted by
+    adapter id); return its manifest entry (table ``removed``, rows = count)."""
+    base = Path(build_dir)
+    items = sorted(
+        ({k: e.get(k) for k in ("adapter_id", "reason", "last_seen", "host")} for e in entries),
+        key=lambda e: e["adapter_id"],
+    )
+    body = {"count": len(items), "adapters": items}
+    atomic_write_text(base / REMOVED_FILE, json.dumps(body, indent=1, sort_keys=True) + "\n")
+    return file_entry(base, REMOVED_FILE, "removed", len(items))
 
 
 def check_invariant(counts: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""The build's decisions as plain functions: merge, reuse, refine cache, manifest.
+"""The build's decisions as plain functions: merge (and deletions), reuse, refine cache, the
+``--base-models`` check against the live enums, manifest.
 
 Nothing here imports Beam; ``pipelines/stages.py`` calls these from its DoFns, and the tests call them
 directly.
@@ -6,45 +7,74 @@ directly.
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from stylus_docs.errors import FatalError
 from stylus_docs.normalize import civitai
+from stylus_docs.normalize.base_models import family
 from stylus_docs.records import NOT_RENDERED, AdapterCard, Refinement
 
-
 # --------------------------------------------------------------------------------------------- merge
+#: Tags of the records :func:`merge_versions` folds: input listing cards and version details, and the
+#: same from tombstones' last known records (``--keep-deleted``).
+CARD, DETAIL, TOMB_CARD, TOMB_DETAIL = "card", "detail", "tomb_card", "tomb_detail"
+
+
 @dataclass(slots=True)
 class Merged:
     """One adapter id's records folded into one card.
 
     Args:
-        card: the merged card, or None when merging failed (``error`` says why).
+        card: the merged card, or None when merging failed (``error`` says why) or the adapter is deleted.
         records: input records this adapter id stands for (the card, duplicates and version details).
         duplicates: listing records beyond the first (filtered as ``duplicate``).
         error: ``"<Type>: <message>"`` when the merged card could not be built.
+        deleted: records dropped because a tombstone covers the adapter (filtered as ``deleted``).
     """
 
     card: AdapterCard | None
     records: int
     duplicates: int
     error: str | None = None
+    deleted: int = 0
 
 
-def merge_versions(values: Iterable[tuple[str, AdapterCard]]) -> Merged:
-    """Fold ``("card"|"detail", card)`` records of one adapter id into one card.
+def _record_count(cards: list[AdapterCard], details: list[AdapterCard]) -> int:
+    # Details of a listed card are part of it; a detail-only adapter counts once, as its first detail.
+    return len(cards) if cards else min(1, len(details))
+
+
+def merge_versions(values: Iterable[tuple[str, AdapterCard]], *, covered: bool = False,
+                   keep_deleted: bool = False) -> Merged:  # fmt: skip
+    """Fold ``(tag, card)`` records of one adapter id into one card.
 
     The first listing card is the base (later listings of the same id are duplicates); version details
     from ``/model-versions`` fill in what the listing lacks. A detail alone (a version the listing did not
     include) becomes the card. Input records counted: the base + duplicates (details of a listed card are
     part of it; a detail-only adapter counts once, as its first detail).
+
+    A tombstone covers the adapter when ``covered`` (or a tombstone record of it is among ``values``):
+    without ``keep_deleted`` every record is dropped (``deleted``); with it the card is made from the
+    tombstone's last known record (or, when the tombstone has none, from the stale input copy), flagged
+    ``deleted``, and stale input listings of it are dropped as ``deleted``.
     """
     items = list(values)
-    cards = [c for tag, c in items if tag == "card"]
-    details = [c for tag, c in items if tag == "detail"]
+    cards = [c for tag, c in items if tag == CARD]
+    details = [c for tag, c in items if tag == DETAIL]
+    tomb_cards = [c for tag, c in items if tag == TOMB_CARD]
+    tomb_details = [c for tag, c in items if tag == TOMB_DETAIL]
+    covered = covered or bool(tomb_cards or tomb_details)
+    stale = 0
+    if covered and not keep_deleted:
+        n = _record_count(cards, details) + _record_count(tomb_cards, tomb_details)
+        return Merged(None, n, 0, deleted=n)
+    if tomb_cards or tomb_details:
+        stale = len(cards)
+        cards, details = tomb_cards, tomb_details + details
     if cards:
         base, dupes = cards[0], cards[1:]
     else:
@@ -53,11 +83,13 @@ def merge_versions(values: Iterable[tuple[str, AdapterCard]]) -> Merged:
     try:
         for detail in details:
             base = civitai.merge_detail(base, detail)
+        base.base_model_family = family(base.base_model)
+        base.deleted = covered
         base.compute_content_hash()
     except (TypeError, ValueError, AttributeError, RecursionError) as exc:
         # Documented boundary: the merged card is one bad record (e.g. text that cannot be encoded).
-        return Merged(None, 1 + len(dupes), len(dupes), f"{type(exc).__name__}: {exc}")
-    return Merged(base, 1 + len(dupes), len(dupes))
+        return Merged(None, 1 + len(dupes) + stale, len(dupes), f"{type(exc).__name__}: {exc}", stale)
+    return Merged(base, 1 + len(dupes) + stale, len(dupes), deleted=stale)
 
 
 # --------------------------------------------------------------------------------------------- reuse
@@ -114,6 +146,9 @@ def counts(stats: dict[str, int], files: list[dict[str, Any]]) -> dict[str, Any]
         "images": sum(f["rows"] for f in files if f["table"] == "images"),
         "images_filtered": group("images_filtered"),
     }
+    out["removed"] = sum(f["rows"] for f in files if f["table"] == "removed")
+    out["kept_deleted"] = stats.get("kept_deleted", 0)
+    out["unknown_base_models"] = _top(group("unknown_base_models"), MAX_UNKNOWN_NAMES)
     rendered = group("rendered")
     if rendered:
         out["rendered"] = rendered
@@ -121,6 +156,55 @@ def counts(stats: dict[str, int], files: list[dict[str, Any]]) -> dict[str, Any]
     if usage or stats.get("refine_deferred"):
         out["refine_usage"] = {**usage, "deferred": stats.get("refine_deferred", 0)}
     return out
+
+
+#: Distinct unknown base-model names kept in the manifest (the rest are summed under ``(other)``).
+MAX_UNKNOWN_NAMES = 100
+
+
+def _top(names: dict[str, int], limit: int) -> dict[str, int]:
+    if len(names) <= limit:
+        return names
+    ranked = sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))
+    kept = dict(sorted(ranked[:limit]))
+    kept["(other)"] = kept.get("(other)", 0) + sum(n for _, n in ranked[limit:])
+    return kept
+
+
+# --------------------------------------------------------------------------------------------- base models
+def check_base_models(requested: Iterable[str], enums: frozenset[str] | None,
+                      seen: Callable[[], set[str]]) -> None:  # fmt: skip
+    """Refuse ``--base-models`` names that nothing knows, when the snapshot saved the live enums.
+
+    Known = the enums' ``BaseModel`` names ∪ the names the input uses (``seen``, a full pass over the
+    input, is called only when some name is not in the enums). Without enums (older snapshots) nothing
+    is checked: a name may simply be newer than the code.
+
+    Raises:
+        FatalError: one line naming every unknown name with its closest known names.
+    """
+    wanted = list(dict.fromkeys(requested))
+    if enums is None or not wanted:
+        return
+    missing = [name for name in wanted if name not in enums]
+    if not missing:
+        return
+    known = set(enums) | seen()
+    missing = [name for name in missing if name not in known]
+    if not missing:
+        return
+    by_lower: dict[str, str] = {}
+    for name in sorted(known):
+        by_lower.setdefault(name.lower(), name)
+    parts = []
+    for name in missing:
+        close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+        hint = ", ".join(repr(by_lower[c]) for c in close)
+        parts.append(f"{name!r} (did you mean {hint}?)" if hint else f"{name!r} (no close match)")
+    raise FatalError(
+        f"--base-models: unknown base model{'s' if len(parts) > 1 else ''} {'; '.join(parts)}: not in the "
+        f"snapshot's enums.json ({len(enums)} names) nor in the input"
+    )
 
 
 #: Dead-letter reasons that mean the configuration is wrong, not the record: one is enough to refuse.
@@ -158,8 +242,9 @@ def check_publishable(counts: dict[str, Any], max_dead_fraction: float) -> None:
 
 
 def order_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Manifest file order: adapters, images, dead letters; by path within a table."""
-    return sorted(files, key=lambda f: (["adapters", "images", "dead_letter"].index(f["table"]), f["path"]))
+    """Manifest file order: adapters, images, dead letters, removed; by path within a table."""
+    order = ["adapters", "images", "dead_letter", "removed"]
+    return sorted(files, key=lambda f: (order.index(f["table"]), f["path"]))
 
 
 def summary(manifest: dict[str, Any]) -> str:
@@ -175,6 +260,15 @@ def summary(manifest: dict[str, Any]) -> str:
         f"embedder {manifest['embedder']['name']}:{manifest['embedder']['model']} "
         f"(dim {manifest['embedder']['dim']})",
     ]
+    if c.get("removed") or c.get("kept_deleted"):
+        kept = c.get("kept_deleted", 0)
+        kept = f"; {kept} deleted adapters kept (deleted = true)" if kept else ""
+        lines.append(f"  removed: {c.get('removed', 0)} adapters deleted at the source (removed.json){kept}")
+    unknown = c.get("unknown_base_models") or {}
+    if unknown:
+        top = sorted(unknown.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{name} {n}" for name, n in top[:8]) + (", …" if len(top) > 8 else "")
+        lines.append(f"  unknown base models ({len(unknown)}, in no known family, kept as is): {shown}")
     if c.get("rendered"):
         lines.append(f"  rendered: {json.dumps(c['rendered'], sort_keys=True)}")
     if c.get("refine_usage"):

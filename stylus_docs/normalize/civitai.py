@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from stylus_docs.errors import SkipRecord
+from stylus_docs.normalize.base_models import family
 from stylus_docs.normalize.license import as_bool, normalize_commercial_use
 from stylus_docs.normalize.lora import parse_lora_tags
 from stylus_docs.normalize.text import html_to_text
@@ -33,6 +34,10 @@ from stylus_docs.secrets import strip_token_params
 NSFW_STRING_LEVELS = {"none": 1, "soft": 2, "mature": 4, "x": 8, "xxx": 16, "blocked": 32}
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+#: Bounds on ``meta.civitaiResources`` kept per image (the field is free-form creator metadata).
+MAX_RESOURCES = 64
+_MAX_RESOURCE_TEXT = 300
+_INT64_MAX = 2**63 - 1
 
 
 def _int(value: Any) -> int | None:
@@ -89,6 +94,81 @@ def iso_utc(value: Any) -> str | None:
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
     return stamp.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def source_host(value: Any) -> str | None:
+    """An API base URL from a record's ``_host`` as ``scheme://host[:port][/path]``, or None.
+
+    Credentials, query and fragment are dropped (a token must never reach a release), and anything that
+    is not an http(s) URL is ignored.
+    """
+    if not isinstance(value, str) or len(value) > 2048:
+        return None
+    try:
+        parts = urlsplit(value.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return None
+    netloc = f"{host}:{port}" if port else host
+    out = f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+    try:
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return out
+
+
+def _site_url(host: str | None) -> str:
+    """The Civitai web site a card links to: the red host for records crawled there, else civitai.com."""
+    if host:
+        name = urlsplit(host).hostname or ""
+        if name == "civitai.red" or name.endswith(".civitai.red"):
+            return "https://civitai.red"
+    return "https://civitai.com"
+
+
+def _resource_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("not a string")
+    text = value.strip()[:_MAX_RESOURCE_TEXT]
+    text.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError (a ValueError)
+    return text or None
+
+
+def civitai_resources(meta: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """``meta.civitaiResources`` as ``[{model_version_id, type, weight, name}]`` (None when there are none).
+
+    The resources an image was really generated with (API-NOTES §1.6/§1.13). Entries that are not
+    objects, lack a usable positive ``modelVersionId`` (an integer, or a string of one), or carry text
+    that is not a string or not valid Unicode are dropped; a weight that is not a finite number is
+    dropped (the entry is kept with ``weight`` null). At most :data:`MAX_RESOURCES` entries.
+    """
+    raw = meta.get("civitaiResources")
+    if not isinstance(raw, list):
+        return None
+    out: list[dict[str, Any]] = []
+    for entry in raw:
+        if len(out) >= MAX_RESOURCES:
+            break
+        if not isinstance(entry, dict):
+            continue
+        vid = entry.get("modelVersionId")
+        if isinstance(vid, str) and vid.strip().isdigit():
+            vid = int(vid.strip())
+        if isinstance(vid, bool) or not isinstance(vid, int) or not 0 < vid <= _INT64_MAX:
+            continue
+        try:
+            kind = _resource_text(entry.get("type"))
+            name = _resource_text(entry.get("modelVersionName"))
+        except ValueError:
+            continue
+        weight = _float(entry.get("weight"))
+        out.append({"model_version_id": vid, "type": kind, "weight": weight, "name": name})
+    return out or None
 
 
 def safe_file_name(name: Any) -> str | None:
@@ -180,6 +260,7 @@ def parse_image(raw: dict[str, Any], adapter_id: str) -> ExampleImage | None:
         nsfw_level=level or None,
         lora_weights=weights,
         scheduler=_str(meta.get("scheduler")),
+        civitai_resources=civitai_resources(meta),
     )
 
 
@@ -257,6 +338,8 @@ def _version_card(model: dict[str, Any], version: dict[str, Any], model_text: st
     if version_text and version_text not in description:
         description = f"{description}\n\n{version_text}" if description else version_text
     creator = model.get("creator") if isinstance(model.get("creator"), dict) else {}
+    host = source_host(version.get("_host")) or source_host(model.get("_host"))
+    base_model = _str(version.get("baseModel"))
     card = AdapterCard(
         adapter_id=adapter_id,
         source="civitai",
@@ -265,7 +348,8 @@ def _version_card(model: dict[str, Any], version: dict[str, Any], model_text: st
         title=name,
         type=_str(model.get("type")) or "Unknown",
         version_name=_str(version.get("name")),
-        base_model=_str(version.get("baseModel")),
+        base_model=base_model,
+        base_model_family=family(base_model),
         tags=_tags(model.get("tags")),
         trigger_words=_trigger_words(version.get("trainedWords")),
         description=description,
@@ -276,7 +360,8 @@ def _version_card(model: dict[str, Any], version: dict[str, Any], model_text: st
         allow_no_credit=as_bool(model.get("allowNoCredit")),
         allow_derivatives=as_bool(model.get("allowDerivatives")),
         published_at=iso_utc(version.get("publishedAt")) or iso_utc(version.get("createdAt")),
-        card_url=f"https://civitai.com/models/{model_id}?modelVersionId={version_id}",
+        card_url=f"{_site_url(host)}/models/{model_id}?modelVersionId={version_id}",
+        source_host=host,
     )
     _stats(card, model.get("stats"), version.get("stats"))
     _file_fields(card, version.get("files"), version.get("downloadUrl"))
@@ -370,6 +455,7 @@ def dedupe_images(images: list[ExampleImage]) -> list[ExampleImage]:
         keep.nsfw_level = keep.nsfw_level or other.nsfw_level
         keep.width = keep.width or other.width
         keep.height = keep.height or other.height
+        keep.civitai_resources = keep.civitai_resources or other.civitai_resources
         if not keep.image_id.isdigit() and other.image_id.isdigit():
             keep.image_id = other.image_id
         order[key] = keep
@@ -384,9 +470,10 @@ def merge_detail(card: AdapterCard, detail: AdapterCard) -> AdapterCard:
     """
     card.images = dedupe_images(list(detail.images) + card.images)
     for name in ("base_model", "version_name", "file_name", "file_size_kb", "file_format", "sha256",
-                 "download_url", "published_at", "creator"):  # fmt: skip
+                 "download_url", "published_at", "creator", "source_host"):  # fmt: skip
         if getattr(card, name) is None and getattr(detail, name) is not None:
             setattr(card, name, getattr(detail, name))
+    card.base_model_family = family(card.base_model)
     if not card.trigger_words:
         card.trigger_words = detail.trigger_words
     if not card.nsfw_level:

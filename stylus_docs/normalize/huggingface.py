@@ -16,7 +16,8 @@ from urllib.parse import quote
 import yaml
 
 from stylus_docs.errors import SkipRecord
-from stylus_docs.normalize.civitai import iso_utc, safe_file_name
+from stylus_docs.normalize.base_models import family
+from stylus_docs.normalize.civitai import iso_utc, safe_file_name, source_host
 from stylus_docs.normalize.lora import parse_lora_tags
 from stylus_docs.normalize.text import markdown_to_text
 from stylus_docs.records import AdapterCard, ExampleImage
@@ -167,6 +168,7 @@ def normalize_hf(record: Any) -> AdapterCard:
     triggers = [t.strip() for t in _as_list(front.get("instance_prompt")) if t.strip()]
     owner, name = repo.split("/", 1)
     chosen = _weights_file(item)
+    base_model = _base_model(front, tags)
     card = AdapterCard(
         adapter_id=adapter_id,
         source="hf",
@@ -175,7 +177,8 @@ def normalize_hf(record: Any) -> AdapterCard:
         title=str(front.get("model_name") or name).strip(),
         type="LORA",
         version_name=rev[:12],
-        base_model=_base_model(front, tags),
+        base_model=base_model,
+        base_model_family=family(base_model),
         tags=tags,
         trigger_words=triggers,
         description=markdown_to_text(body),
@@ -185,6 +188,7 @@ def normalize_hf(record: Any) -> AdapterCard:
         likes=item.get("likes") if isinstance(item.get("likes"), int) else None,
         published_at=iso_utc(item.get("createdAt")) or iso_utc(item.get("lastModified")),
         card_url=f"{HF_BASE}/{repo}",
+        source_host=source_host(record.get("_host")) or source_host(item.get("_host")),
     )
     if chosen is not None:
         path = str(chosen["rfilename"])

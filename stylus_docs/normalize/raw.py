@@ -6,6 +6,11 @@ Accepted ``--raw`` inputs:
   ``hf/models-*.jsonl.gz`` (temp files starting with ``.`` are skipped);
 * a directory of ``*.jsonl`` / ``*.jsonl.gz`` files, or one such file: each line is sniffed
   (a ``/models`` item, a ``/model-versions`` response or an HF ``{"item", "card"}`` record).
+
+What else a snapshot holds is never read as data: ``tombstones-*.jsonl.gz`` (deletions, read by
+:mod:`stylus_docs.normalize.deletions`; with ``--keep-deleted`` their last known records enter the
+pipeline as :data:`TOMBSTONE` records), ``enums.json`` (base-model names,
+:mod:`stylus_docs.normalize.base_models`), the crawl's state and failure files.
 """
 
 from __future__ import annotations
@@ -26,7 +31,11 @@ from stylus_docs.errors import FatalError
 CIVITAI_MODEL = "civitai_model"
 CIVITAI_VERSION = "civitai_version"
 HF_MODEL = "hf_model"
+#: A tombstone line whose ``record`` is the last known raw record (``--keep-deleted``).
+TOMBSTONE = "tombstone"
 UNKNOWN = "unknown"
+#: Snapshot files that sit beside the data chunks and are not data.
+_NOT_DATA_PREFIXES = ("tombstones-",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +63,11 @@ class RawRecord:
 
 
 def _is_data_file(path: Path) -> bool:
-    return not path.name.startswith(".") and path.name.endswith((".jsonl", ".jsonl.gz"))
+    return (
+        not path.name.startswith(".")
+        and not path.name.startswith(_NOT_DATA_PREFIXES)
+        and path.name.endswith((".jsonl", ".jsonl.gz"))
+    )
 
 
 def discover(paths: list[str]) -> list[RawFile]:
@@ -67,6 +80,8 @@ def discover(paths: list[str]) -> list[RawFile]:
     for arg in paths:
         root = Path(arg)
         if root.is_file():
+            if root.name.startswith(_NOT_DATA_PREFIXES):
+                raise FatalError(f"--raw {arg}: a tombstone file, not raw records; pass its snapshot dir")
             if not _is_data_file(root):
                 raise FatalError(f"--raw {arg}: not a .jsonl or .jsonl.gz file")
             if root.stat().st_size == 0:
