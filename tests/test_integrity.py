@@ -7,14 +7,13 @@ CLI of every reader: ``query``, ``sql``, ``compose``, ``download``, ``generate``
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from build_fixtures import model_2023, snapshot
+from tiny_models import get_tiny_models
 
 from pipelines.build import BuildConfig, run_build
 from stylus_docs import release
@@ -34,14 +33,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    spec = importlib.util.spec_from_file_location(
-        "make_tiny_models", ROOT / "scripts" / "make_tiny_models.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.make_tiny_models(tmp_path_factory.mktemp("tiny")).pipeline
+    return get_tiny_models(tmp_path_factory.mktemp("tiny")).pipeline
 
 
 def _copy(pristine: dict[str, Path], tmp_path: Path) -> Path:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,6 +19,7 @@ import pytest
 from build_fixtures import model_2023, snapshot
 from download_server import FileServer
 from fakes.openai_server import Answer, start_fake_openai, stop, title_of, valid
+from tiny_models import get_tiny_models
 
 from stylus_docs import release
 from stylus_docs.cli import main
@@ -30,14 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):
-    spec = importlib.util.spec_from_file_location(
-        "make_tiny_models", ROOT / "scripts" / "make_tiny_models.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.make_tiny_models(tmp_path_factory.mktemp("tiny"))
+    return get_tiny_models(tmp_path_factory.mktemp("tiny"))
 
 
 def _item(mid: int, title: str, lora: Path | None, server: FileServer) -> dict:
