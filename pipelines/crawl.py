@@ -4,15 +4,29 @@ Graph (Civitai)::
 
     Create(partitions) ─ Reshuffle ─ ListModels (DoFn: pages one partition sequentially, commits
                                       models-*.jsonl.gz chunks + its cursor in state.json, yields
-                                      (model_id, version_id) of what it committed)
+                                      (model_id, version_id, fingerprint) of what it committed)
     Create(pending)    ─ versions of models committed by an earlier (killed) run, not fetched yet
          └──── Flatten ─ GroupByKey(version id) ─ Reshuffle ─ FetchVersions (DoFn: bounded thread
                pool per bundle, writes versions-*.jsonl.gz chunks)
+    Create(["enums"])  ─ FetchEnums (DoFn: /api/v1/enums → enums.json, once per crawl)
+
+A delta crawl (``--previous RAW_OLD``, carry-over allowed) joins the listing with the old one instead
+of the GroupByKey::
+
+    (listed, pending) ─┐
+    Create(old models chunks) ─ OldFingerprints ─ CoGroupByKey(version id) ─ Classify
+        ├─ changed or new ─────────────────────────────────────────────┐
+        └─ unchanged ─ AsDict ─▶ Create(old versions chunks) ─ CarryVersions (copies old records into
+                     │           new versions-*.jsonl.gz chunks, yields the ids carried)
+                     └─ NotCarried (AsList of carried: an old record missing or unusable) ─┤
+                                                         Flatten ─ Reshuffle ─ FetchVersions
 
 Hugging Face is one partition (filters are AND-ed): ListHf pages it and fetches README cards on a
-thread pool. Every durable step is in :mod:`stylus_docs.crawl` (plain Python); the DoFns only call it,
-which is what makes a killed run resumable under any runner: state lives in ``OUT``, not in Beam.
-Request counters travel as Beam metrics (namespace ``crawl``) into the summary.
+thread pool (a delta crawl keeps the old card of a repo whose sha and lastModified are unchanged).
+Every durable step is in :mod:`stylus_docs.crawl` (plain Python); the DoFns only call it, which is
+what makes a killed run resumable under any runner: state lives in ``OUT``, not in Beam. Request
+counters travel as Beam metrics (namespace ``crawl``) into the summary. After the pipeline the driver
+compares the snapshot with ``--previous`` and writes tombstones (:mod:`stylus_docs.crawl.tombstones`).
 
 Run: ``python -m pipelines.crawl civitai --out OUT [app flags] [-- beam flags]``; only flags after
 ``--`` go to Beam (``--runner``, ``--direct_num_workers``…); an unknown flag before it is an error.
@@ -37,16 +51,19 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
 from stylus_docs.beam_options import make_pipeline_options, split_beam_args
+from stylus_docs.crawl import delta
 from stylus_docs.crawl.engine import (
     CivitaiCrawler,
     CrawlConfig,
     HfCrawler,
+    VersionCarrier,
     VersionFetcher,
     committed_version_ids,
     pending_versions,
 )
 from stylus_docs.crawl.state import CrawlState
-from stylus_docs.crawl.summary import build_summary, format_summary, write_summary
+from stylus_docs.crawl.summary import build_summary, format_summary, snapshot_totals, write_summary
+from stylus_docs.crawl.tombstones import finish_crawl
 from stylus_docs.errors import FatalError
 from stylus_docs.http import HttpStats
 from stylus_docs.secrets import redact
@@ -67,13 +84,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``civitai`` / ``hf`` sub-parsers with every crawl flag to ``parser`` (shared with the CLI)."""
     sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
     c = sub.add_parser("civitai", help="crawl Civitai /api/v1/models (+ version details and images)")
-    _common(c, civitai.URL_ENV)
+    _common(c, f"{civitai.URL_ENV}; with --host red {civitai.HOST_URL_ENVS['red']}")
+    c.add_argument("--host", choices=civitai.HOSTS, default="green",
+                   help="green: civitai.com, SFW only (default); red: civitai.red, everything (needed by "
+                        f"--nsfw). Tokens: {civitai.HOST_TOKEN_ENVS['green']} for green, "
+                        f"{civitai.HOST_TOKEN_ENVS['red']} for red, each sent only to its own host")
     c.add_argument("--types", nargs="+", default=[], metavar="T", help="model types, e.g. LORA LoCon DoRA")
     c.add_argument("--base-models", nargs="+", default=[], metavar="B",
                    help="base models; each (type, base model) pair is its own listing partition")
     c.add_argument("--sort", choices=civitai.SORTS, default=None, help="listing order (server default)")
     c.add_argument("--period", choices=civitai.PERIODS, default=None, help="time window filter")
-    c.add_argument("--nsfw", action="store_true", help="include NSFW models and images (default: PG only)")
+    c.add_argument("--nsfw", action="store_true",
+                   help="include NSFW models and images (default: PG only); needs --host red")
     c.add_argument("--query", default=None, help="full-text search")
     c.add_argument("--username", default=None, help="only this creator's models")
     c.add_argument("--tag", default=None, help="only models with this tag")
@@ -94,6 +116,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _common(p: argparse.ArgumentParser, url_env: str) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory (resumes when it holds a crawl)")
     p.add_argument("--api-url", default=None, help=f"base URL without /api/v1 (env {url_env})")
+    p.add_argument("--previous", default=None, type=Path, metavar="RAW_OLD",
+                   help="delta crawl: a complete earlier snapshot of the same source; details of unchanged "
+                        "records are carried over from it, and what its listing had and this one lacks "
+                        "is written as tombstones (complete listings only)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N models (default: all)")
     p.add_argument("--concurrency", type=int, default=16, help="detail requests in flight per worker")
     p.add_argument("--rps", type=float, default=None, help="requests per second per host (default: no cap)")
@@ -109,11 +135,11 @@ def _common(p: argparse.ArgumentParser, url_env: str) -> None:
 def config_from_args(args: argparse.Namespace) -> CrawlConfig:
     """Turn parsed flags into a validated :class:`CrawlConfig`."""
     if args.source == "civitai":
-        default_url, env = civitai.DEFAULT_URL, civitai.URL_ENV
+        default_url, env = civitai.HOST_URLS[args.host], civitai.HOST_URL_ENVS[args.host]
         source_kw: dict[str, Any] = {"civitai": CivitaiQuery(
             types=tuple(args.types), base_models=tuple(args.base_models), sort=args.sort, period=args.period,
             nsfw=args.nsfw, query=args.query, username=args.username, tag=args.tag),
-            "max_images_per_version": args.max_images_per_version}
+            "max_images_per_version": args.max_images_per_version, "host": args.host}
     else:
         default_url, env = huggingface.DEFAULT_URL, huggingface.URL_ENV
         source_kw = {"hf": HfQuery(filters=tuple(args.filter or ("lora",)), search=args.search,
@@ -124,6 +150,7 @@ def config_from_args(args: argparse.Namespace) -> CrawlConfig:
     if args.chunk_size < 1:
         raise FatalError("--chunk-size must be >= 1")
     return CrawlConfig(source=args.source, out=str(args.out), api_url=api_url, limit=args.limit,
+                       previous=str(args.previous) if args.previous is not None else None,
                        concurrency=args.concurrency, rps=args.rps, max_attempts=args.max_attempts,
                        backoff=args.backoff, max_retry_after=args.max_retry_after,
                        timeout=(float(args.timeout[0]), float(args.timeout[1])),
@@ -161,7 +188,8 @@ def _fatal_guard(cfg: CrawlConfig, exc: FatalError) -> None:
 
 
 class ListCivitaiPartition(beam.DoFn, _MetricsMixin):
-    """Pages one Civitai listing partition; yields ``(model_id, version_id)`` of committed models."""
+    """Pages one Civitai listing partition; yields ``(model_id, version_id, fingerprint)`` of committed
+    models."""
 
     def __init__(self, cfg: CrawlConfig) -> None:
         self.cfg = cfg
@@ -216,14 +244,92 @@ class FetchCivitaiVersions(beam.DoFn, _MetricsMixin):
         self.crawler.client.close()
 
 
-class ListHf(beam.DoFn, _MetricsMixin):
-    """Pages the Hub listing and fetches each repo's README card."""
+class FetchEnums(beam.DoFn, _MetricsMixin):
+    """Saves ``/api/v1/enums`` as ``OUT/civitai/enums.json`` (a failure is recorded, not fatal)."""
 
-    def __init__(self, cfg: CrawlConfig) -> None:
+    def __init__(self, cfg: CrawlConfig, previous: str | None) -> None:
         self.cfg = cfg
+        self.previous = previous
 
     def setup(self) -> None:
-        self.crawler = HfCrawler(self.cfg)
+        self.crawler = CivitaiCrawler(self.cfg)
+        self._init_metrics()
+
+    def process(self, _: str):
+        try:
+            yield self.crawler.save_enums(self.previous)
+        except FatalError as exc:
+            _fatal_guard(self.cfg, exc)
+            raise
+        finally:
+            self._report(self.crawler.client.stats, self.crawler.record_failures)
+
+    def teardown(self) -> None:
+        self.crawler.client.close()
+
+
+class ClassifyVersions(beam.DoFn):
+    """Splits the listed versions of a delta crawl: unchanged ones (tagged ``unchanged``,
+    ``(version_id, model_id)``) may be carried over; new or changed ones go out as ``(model_id, version_id)``
+    to be fetched. Versions already committed by an earlier run of this crawl are dropped."""
+
+    UNCHANGED = "unchanged"
+
+    def __init__(self, done: frozenset[int]) -> None:
+        self.done = done
+
+    def process(self, kv: tuple[int, dict[str, list[Any]]]):
+        version_id, groups = kv
+        listed = list(groups["new"])
+        if not listed or version_id in self.done:
+            return
+        model_id, fingerprint = min(listed)
+        if fingerprint in set(groups["old"]):
+            yield beam.pvalue.TaggedOutput(self.UNCHANGED, (version_id, model_id))
+        else:
+            yield model_id, version_id
+
+
+class CarryVersions(beam.DoFn):
+    """Copies the unchanged records of one old ``versions`` chunk into new chunks; yields their ids."""
+
+    def __init__(self, cfg: CrawlConfig, done: frozenset[int]) -> None:
+        self.cfg = cfg
+        self.done = done
+
+    def setup(self) -> None:
+        self.carrier = VersionCarrier(self.cfg, self.done)
+
+    def process(self, path: str, unchanged: dict[int, int]):
+        carried = list(self.carrier.carry(path, unchanged))
+        Metrics.counter(NAMESPACE, "carried_over").inc(len(carried))
+        yield from carried
+
+
+class NotCarried(beam.DoFn):
+    """Unchanged versions that no old record could stand in for (missing, or its images call had failed):
+    they are fetched like changed ones."""
+
+    def start_bundle(self) -> None:
+        self._carried: set[int] | None = None
+
+    def process(self, ref: tuple[int, int], carried: list[int]):
+        if self._carried is None:
+            self._carried = set(carried)
+        version_id, model_id = ref
+        if version_id not in self._carried:
+            yield model_id, version_id
+
+
+class ListHf(beam.DoFn, _MetricsMixin):
+    """Pages the Hub listing and fetches each repo's README card (or carries the old one over)."""
+
+    def __init__(self, cfg: CrawlConfig, carry_from: delta.PreviousSnapshot | None = None) -> None:
+        self.cfg = cfg
+        self.carry_from = carry_from
+
+    def setup(self) -> None:
+        self.crawler = HfCrawler(self.cfg, carry_from=self.carry_from)
         self._init_metrics()
 
     def process(self, _: str):
@@ -240,31 +346,59 @@ class ListHf(beam.DoFn, _MetricsMixin):
 
 
 def _first_model(kv: tuple[int, Any]) -> tuple[int, int]:
-    version_id, model_ids = kv
-    return min(model_ids), version_id
+    """``(model_id, version_id)`` of a version listed under one or more models (the lowest id wins)."""
+    version_id, refs = kv
+    return min(model_id for model_id, _ in refs), version_id
 
 
 # -- driver --------------------------------------------------------------------------------------
 
 
-def build_pipeline(pipeline: beam.Pipeline, cfg: CrawlConfig) -> None:
-    """Add the crawl graph for ``cfg`` to ``pipeline``."""
+def build_pipeline(pipeline: beam.Pipeline, cfg: CrawlConfig,
+                   previous: delta.PreviousSnapshot | None = None) -> None:
+    """Add the crawl graph for ``cfg`` to ``pipeline``.
+
+    Args:
+        pipeline: the pipeline to extend.
+        cfg: the crawl configuration.
+        previous: the ``--previous`` snapshot (already checked to be complete); details are carried
+            over from it only when :meth:`~stylus_docs.crawl.delta.PreviousSnapshot.carry_problem`
+            finds nothing against it.
+    """
+    carry_from = previous if previous is not None and previous.carry_problem(cfg.fingerprint()) is None \
+        else None
     if cfg.source == "hf":
         _ = (pipeline | "Partition" >> beam.Create([HfCrawler.PARTITION])
-             | "ListHf" >> beam.ParDo(ListHf(cfg)))
+             | "ListHf" >> beam.ParDo(ListHf(cfg, carry_from)))
         return
+    _ = (pipeline | "EnumsOnce" >> beam.Create(["enums"])
+         | "FetchEnums" >> beam.ParDo(FetchEnums(cfg, previous.path if previous else None)))
     partitions = cfg.civitai.partitions()
-    pending = pending_versions(cfg.out)
     done = frozenset(committed_version_ids(cfg.out))
+    pending = pending_versions(cfg.out, set(done))
     listed = (pipeline | "Partitions" >> beam.Create(partitions)
               | "SpreadPartitions" >> beam.Reshuffle()
               | "ListModels" >> beam.ParDo(ListCivitaiPartition(cfg)))
     resumed = pipeline | "PendingVersions" >> beam.Create(pending)
-    _ = ((listed, resumed) | "AllVersions" >> beam.Flatten()
-         | "ByVersion" >> beam.Map(lambda ref: (ref[1], ref[0]))
-         | "Dedupe" >> beam.GroupByKey()
-         | "OnePerVersion" >> beam.Map(_first_model)
-         | "SpreadVersions" >> beam.Reshuffle()
+    refs = ((listed, resumed) | "AllVersions" >> beam.Flatten()
+            | "ByVersion" >> beam.Map(lambda ref: (ref[1], (ref[0], ref[2]))))
+    if carry_from is None:
+        to_fetch = (refs | "Dedupe" >> beam.GroupByKey()
+                    | "OnePerVersion" >> beam.Map(_first_model))
+    else:
+        old = (pipeline | "OldModelChunks" >> beam.Create(delta.model_chunks(carry_from))
+               | "SpreadOldModels" >> beam.Reshuffle()
+               | "OldFingerprints" >> beam.FlatMap(delta.listing_fingerprints))
+        classified = ({"new": refs, "old": old} | "JoinOld" >> beam.CoGroupByKey()
+                      | "Classify" >> beam.ParDo(ClassifyVersions(done)).with_outputs(
+                          ClassifyVersions.UNCHANGED, main="changed"))
+        unchanged = classified[ClassifyVersions.UNCHANGED]
+        carried = (pipeline | "OldVersionChunks" >> beam.Create(delta.version_chunks(carry_from))
+                   | "SpreadOldVersions" >> beam.Reshuffle()
+                   | "CarryVersions" >> beam.ParDo(CarryVersions(cfg, done), beam.pvalue.AsDict(unchanged)))
+        missed = unchanged | "NotCarried" >> beam.ParDo(NotCarried(), beam.pvalue.AsList(carried))
+        to_fetch = (classified["changed"], missed) | "ToFetch" >> beam.Flatten()
+    _ = (to_fetch | "SpreadVersions" >> beam.Reshuffle()
          | "FetchVersions" >> beam.ParDo(FetchCivitaiVersions(cfg, done)))
 
 
@@ -297,6 +431,8 @@ def run_config(cfg: CrawlConfig, beam_args: Sequence[str] = (), quiet: bool = Fa
             or an unreachable API host.
     """
     started = time.monotonic()
+    previous = (delta.PreviousSnapshot.open(cfg.previous, cfg.source, cfg.out)
+                if cfg.previous is not None else None)
     CrawlState(Path(cfg.out) / cfg.source).begin(cfg.fingerprint())
     fatal_path = Path(cfg.out) / cfg.source / _FATAL_FILE
     fatal_path.unlink(missing_ok=True)
@@ -304,7 +440,7 @@ def run_config(cfg: CrawlConfig, beam_args: Sequence[str] = (), quiet: bool = Fa
     for stale in Path(cfg.out).glob(f"{cfg.source}/.*.part"):
         stale.unlink(missing_ok=True)
     pipeline = beam.Pipeline(options=make_pipeline_options(beam_args))
-    build_pipeline(pipeline, cfg)
+    build_pipeline(pipeline, cfg, previous)
     try:
         result = pipeline.run()
         result.wait_until_finish()
@@ -316,7 +452,11 @@ def run_config(cfg: CrawlConfig, beam_args: Sequence[str] = (), quiet: bool = Fa
         logger.exception("crawl pipeline failed")
         raise FatalError(f"crawl pipeline failed: {redact(str(exc).splitlines()[0] if str(exc) else '')}"
                          ) from exc
-    summary = build_summary(cfg.out, cfg.source, _counters(result), time.monotonic() - started)
+    record_ids: set[Any] = set()
+    totals = snapshot_totals(cfg.out, cfg.source, record_ids)
+    changes = finish_crawl(cfg, previous, record_ids)
+    summary = build_summary(cfg.out, cfg.source, _counters(result), time.monotonic() - started,
+                            totals=totals, delta=changes)
     write_summary(cfg.out, summary)
     if not quiet:
         print(format_summary(summary), file=sys.stdout, flush=True)

@@ -81,9 +81,11 @@ def test_malformed_items_pages_and_bodies_are_recorded(bad_server, tmp_path, cap
         ("version", "invalid_json"),  # version 100: retries spent
         ("images", "invalid_page"),   # version 120's images body has the wrong shape
         ("listing", "invalid_page"),  # page 2 is a list
+        ("enums", "http_404"),        # no /api/v1/enums here: recorded, not fatal
     ])
     summary = json.loads((out / "civitai" / "summary.json").read_text())
-    assert summary["failed_records"] == 8 and not summary["complete"]
+    assert summary["failed_records"] == 9 and not summary["complete"]
+    assert summary["enums"] == "failed" and not (out / "civitai" / "enums.json").exists()
     assert summary["retries_by_reason"] == {"invalid_json": 1}
     state = json.loads((out / "civitai" / "state.json").read_text())
     assert state["partitions"]["type=*|base=*"]["cursor"] == "c2"  # resumes at the broken page

@@ -156,6 +156,7 @@ def test_hostile_civitai_items_and_version_bodies_are_one_failed_record_each(api
     assert sorted(r["id"] for r in iter_chunk_records(out / "civitai", "versions")) == [10, 51]
     failures = sorted((f["stage"], f["id"], f["reason"]) for f in read_failures(out))
     assert failures == [
+        ("enums", None, "http_404"),  # this fake API has no /api/v1/enums: recorded, not fatal
         ("model", 2, "too_deep"),
         ("model", 3, "invalid_unicode"),
         ("model", 4, "non_finite_number"),
@@ -171,7 +172,7 @@ def test_hostile_civitai_items_and_version_bodies_are_one_failed_record_each(api
         for line in _raw_lines(out / "civitai", prefix):
             safe_json.loads(line)
     summary = json.loads((out / "civitai" / "summary.json").read_text())
-    assert summary["complete"] and summary["failed_records"] == 5
+    assert summary["complete"] and summary["failed_records"] == 6
 
 
 def test_hostile_hub_listing_items_are_one_failed_record_each(api, tmp_path) -> None:

@@ -1,8 +1,13 @@
 """``stylus-docs crawl civitai|hf``: crawl adapter cards into raw snapshots (runs pipelines/crawl.py).
 
-Exit status: 0 when the crawl is complete; non-zero with one line on a fatal error (bad flags, a
-crawl with other parameters in OUT, unreachable host after retries, 401 with a token) or when some
-partition could not be finished (run the same command again to resume).
+With ``--previous RAW_OLD`` (a complete earlier snapshot) the crawl is a delta: the listing is fetched
+again, details of unchanged records are carried over from RAW_OLD, and what RAW_OLD listed and a complete
+new listing lacks is written as tombstones. ``--host green|red`` picks the Civitai host.
+
+Exit status: 0 when the crawl is complete; 2 with one line on a fatal error (bad flags, ``--nsfw``
+without ``--host red``, a ``--previous`` that is not a complete snapshot, a crawl with other parameters
+in OUT, unreachable host after retries, 401 with a token); 1 when some partition could not be finished
+(run the same command again to resume).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
 * :mod:`~stylus_docs.crawl.snapshot` – gzip JSONL chunks published atomically.
 * :mod:`~stylus_docs.crawl.state` – ``state.json``, ``failures.jsonl``, duplicate registry.
 * :mod:`~stylus_docs.crawl.summary` – the end-of-crawl summary.
+* :mod:`~stylus_docs.crawl.delta` – delta crawls (``--previous``): fingerprints, carry-over ledger.
+* :mod:`~stylus_docs.crawl.tombstones` – what changed since ``--previous``; tombstones.
 """
 
 from stylus_docs.crawl.engine import CivitaiCrawler, CrawlConfig, HfCrawler, VersionFetcher

@@ -3,22 +3,37 @@
 The Beam pipeline (``pipelines/crawl.py``) calls these classes from its DoFns; they can equally be
 driven by a plain loop. Durability rules (see :mod:`stylus_docs.crawl.state`): a chunk is published
 before the cursor that follows it is saved; version details are skipped on resume when their id is
-already in a committed ``versions`` chunk.
+already in a committed ``versions`` chunk. A delta crawl (``--previous``, :mod:`stylus_docs.crawl.delta`)
+carries unchanged detail records over instead of fetching them (:class:`VersionCarrier`, and
+:class:`HfCrawler` for cards).
+
+Every listing item and detail record written carries ``"_host"``: the API base URL it came from (on
+Civitai, green or red, docs/API-NOTES.md §1.12, is part of a record's provenance).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stylus_docs import safe_json
-from stylus_docs.crawl.snapshot import iter_chunk_records, write_chunk
+from stylus_docs.atomic import atomic_write_bytes, atomic_write_text
+from stylus_docs.crawl import delta
+from stylus_docs.crawl.snapshot import (
+    UnsafeRecord,
+    encode_record,
+    iter_chunk_lines,
+    iter_chunk_records,
+    write_chunk,
+    write_chunk_lines,
+)
 from stylus_docs.crawl.state import CrawlState, FailureLog, SeenIds, seen_ids
 from stylus_docs.errors import FatalError, SkipRecord
 from stylus_docs.http import (
@@ -37,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 #: Listing failures that mean the API host cannot be used at all (→ the CLI exits non-zero).
 UNREACHABLE_REASONS = frozenset({"connection_error", "timeout"})
+#: The saved ``/api/v1/enums`` body, in ``OUT/civitai/``.
+ENUMS_FILE = "enums.json"
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,10 @@ class CrawlConfig:
         api_url: base URL without ``/api/v1`` (e.g. ``https://civitai.com`` or a replay server).
         civitai: Civitai listing filters (source ``civitai``).
         hf: Hub listing filters (source ``hf``).
+        host: Civitai host kind, ``green`` (civitai.com, SFW only) or ``red`` (civitai.red, everything);
+            picks the token variable (each host only its own) and must be ``red`` for ``--nsfw``.
+        previous: a complete earlier snapshot (OUT dir) to carry unchanged details over from and to
+            compare the listing with (tombstones); None for a full crawl.
         limit: stop after this many models in total (None: complete crawl).
         max_images_per_version: ``/api/v1/images`` items fetched per version (0: none).
         concurrency: detail fetches in flight per worker.
@@ -72,6 +93,8 @@ class CrawlConfig:
     api_url: str
     civitai: CivitaiQuery = field(default_factory=CivitaiQuery)
     hf: HfQuery = field(default_factory=HfQuery)
+    host: str = "green"
+    previous: str | None = None
     limit: int | None = None
     max_images_per_version: int = 10
     concurrency: int = 16
@@ -99,18 +122,33 @@ class CrawlConfig:
             raise FatalError("--max-images-per-version must be >= 0")
         if self.deadline <= 0 or self.max_page_bytes <= 0 or self.max_card_bytes <= 0:
             raise FatalError("the request deadline and the body size caps must be positive")
+        if self.host not in civitai.HOSTS:
+            raise FatalError(f"unknown --host {self.host!r}; expected one of: {', '.join(civitai.HOSTS)}")
+        if self.source == "civitai" and self.civitai.nsfw and self.host != "red":
+            raise FatalError("--nsfw needs --host red: civitai.com (green) serves SFW content only and "
+                             "filters NSFW models out without saying so; civitai.red carries them")
 
     @property
     def token_env(self) -> str:
-        """Environment variable holding this source's token."""
-        return civitai.TOKEN_ENV if self.source == "civitai" else huggingface.TOKEN_ENV
+        """Environment variable holding this crawl's token (per Civitai host; no fallback between them)."""
+        return civitai.HOST_TOKEN_ENVS[self.host] if self.source == "civitai" else huggingface.TOKEN_ENV
+
+    @property
+    def host_url(self) -> str:
+        """The API base URL as recorded in ``_host``, tombstones and the fingerprint (no credentials)."""
+        return safe_url(self.api_url.rstrip("/"))
 
     def fingerprint(self) -> dict[str, Any]:
         """What defines the snapshot's content; a resume must match it exactly."""
         query = asdict(self.civitai) if self.source == "civitai" else asdict(self.hf)
-        return {"source": self.source, "api_url": safe_url(self.api_url.rstrip("/")),
-                "query": json_ready(query), "limit": self.limit,
-                "max_images_per_version": self.max_images_per_version if self.source == "civitai" else None}
+        out = {"source": self.source, "api_url": self.host_url,
+               "query": json_ready(query), "limit": self.limit,
+               "max_images_per_version": self.max_images_per_version if self.source == "civitai" else None}
+        if self.source == "civitai":
+            out["host"] = self.host
+        if self.previous is not None:
+            out["previous"] = str(Path(self.previous).resolve())
+        return out
 
     def make_client(self) -> HttpClient:
         """A fresh :class:`HttpClient` for this crawl (one per worker)."""
@@ -199,11 +237,12 @@ class CivitaiCrawler(_Crawler):
         self.seen: SeenIds = seen_ids(self.out, "civitai", "models", cfg.run_id, lambda r: r.get("id"),
                                       cfg.limit)
 
-    def crawl_partition(self, partition: dict[str, str | None]) -> Iterator[tuple[int, int]]:
+    def crawl_partition(self, partition: dict[str, str | None]) -> Iterator[tuple[int, int, str]]:
         """Page one partition from its saved cursor to the end, committing chunks as it goes.
 
         Yields:
-            ``(model_id, version_id)`` for every version of every model newly committed.
+            ``(model_id, version_id, fingerprint)`` for every version of every model newly committed
+            (:func:`stylus_docs.crawl.delta.version_fingerprint`).
         """
         key = civitai.partition_key(partition)
         saved = self.state.partition(key)
@@ -252,7 +291,9 @@ class CivitaiCrawler(_Crawler):
                 bar.close()
 
     def _commit(self, key: str, items: list[dict[str, Any]], cursor: str | None, done: bool = True,
-                limited: bool = False) -> Iterator[tuple[int, int]]:
+                limited: bool = False) -> Iterator[tuple[int, int, str]]:
+        for item in items:
+            item["_host"] = self.cfg.host_url
         if items:
             write_chunk(self.out / "civitai", "models", items)
         fields: dict[str, Any] = {"cursor": cursor, "done": done, "add_models": len(items)}
@@ -262,11 +303,11 @@ class CivitaiCrawler(_Crawler):
             fields["limited"] = True
         self.state.update_partition(key, **fields)
         for item in items:
-            vids, problems = civitai.version_ids(item)
+            _, problems = civitai.version_ids(item)
             for problem in problems:
                 self.fail("version", None, "invalid_item", problem)
-            for vid in vids:
-                yield item["id"], vid
+            for vid, fingerprint in delta.version_fingerprints(item).items():
+                yield item["id"], vid, fingerprint
 
     def fetch_version(self, model_id: int, version_id: int) -> dict[str, Any] | None:
         """One version record (with ``_images``), or None after recording why it failed."""
@@ -283,7 +324,95 @@ class CivitaiCrawler(_Crawler):
             return None
         if "_images_error" in record:
             self.fail("images", version_id, record["_images_error"])
+        record["_host"] = self.cfg.host_url
         return record
+
+    def save_enums(self, previous: str | None = None) -> str:
+        """Fetch ``/api/v1/enums`` once per crawl into ``OUT/civitai/enums.json`` (atomically).
+
+        A failed fetch is a recorded failure (stage ``enums``), not a fatal one: the file of an earlier
+        run of this crawl is kept, else the previous snapshot's is copied.
+
+        Returns:
+            ``fetched``, ``kept`` (fetched by an earlier run), ``carried_over`` (from ``previous``) or
+            ``failed`` (no enums in this snapshot).
+        """
+        root = self.out / "civitai"
+        path = root / ENUMS_FILE
+        saved = self.state.section("enums").get("outcome")
+        if saved == "fetched" and path.is_file():
+            return "kept"
+        try:
+            body = self.source.fetch_enums()
+        except SkipRecord as exc:  # HttpFailure too
+            self.fail("enums", None, exc.reason, exc.detail)
+            old = Path(previous) / "civitai" / ENUMS_FILE if previous else None
+            if path.is_file():
+                outcome = saved if saved in ("carried_over", "fetched") else "kept"
+            elif old is not None and old.is_file():
+                atomic_write_bytes(path, old.read_bytes())
+                outcome = "carried_over"
+            else:
+                outcome = "failed"
+        else:
+            atomic_write_text(path, json.dumps(body, ensure_ascii=False, indent=1) + "\n")
+            outcome = "fetched"
+        self.state.update_section("enums", outcome=outcome)
+        return outcome
+
+
+class VersionCarrier:
+    """Copies unchanged version records of a previous snapshot into this one's ``versions`` chunks.
+
+    Each record is carried as it was fetched then, its line copied byte for byte (its ``_host`` is this
+    crawl's: :meth:`~stylus_docs.crawl.delta.PreviousSnapshot.carry_problem` made sure the host is the
+    same; a line without ``_host`` gets it), so the new snapshot reads exactly like a full crawl. Carried
+    ids go to the ledger before their chunk.
+
+    Args:
+        cfg: the crawl configuration.
+        done: version ids already in this crawl's committed chunks (not carried twice).
+    """
+
+    def __init__(self, cfg: CrawlConfig, done: set[int] | frozenset[int] = frozenset()) -> None:
+        self.cfg = cfg
+        self.done = set(done)
+        self.root = Path(cfg.out) / "civitai"
+        self.ledger = delta.CarryLedger(self.root)
+        self._suffix = delta.host_suffix(cfg.host_url)
+
+    def carry(self, path: str, unchanged: Mapping[int, Any]) -> Iterator[int]:
+        """Carry the records of one old ``versions`` chunk whose ids are in ``unchanged``.
+
+        Yields:
+            the ids carried, once their chunk is published.
+        """
+        ids: list[int] = []
+        lines: list[bytes] = []
+        for line in iter_chunk_lines(path):
+            vid, found = delta.carry_line(line, self._suffix)
+            if vid is None or vid in self.done or vid not in unchanged:
+                continue
+            if isinstance(found, dict):
+                found["_host"] = self.cfg.host_url
+                try:
+                    found = encode_record(found)
+                except UnsafeRecord:
+                    continue  # not carried: NotCarried sends it to be fetched
+            self.done.add(vid)
+            ids.append(vid)
+            lines.append(found)
+            if len(lines) >= self.cfg.versions_per_chunk:
+                yield from self._commit(ids, lines)
+                ids, lines = [], []
+        yield from self._commit(ids, lines)
+
+    def _commit(self, ids: list[int], lines: list[bytes]) -> list[int]:
+        if not lines:
+            return []
+        self.ledger.record(ids)
+        write_chunk_lines(self.root, "versions", lines)
+        return ids
 
 
 class VersionFetcher:
@@ -349,16 +478,20 @@ def committed_version_ids(out: str | Path) -> set[int]:
     return {r.get("id") for r in iter_chunk_records(Path(out) / "civitai", "versions") if isinstance(r, dict)}
 
 
-def pending_versions(out: str | Path) -> list[tuple[int, int]]:
-    """``(model_id, version_id)`` of committed models whose version record is not committed yet."""
-    done = committed_version_ids(out)
-    todo: dict[int, int] = {}
+def pending_versions(out: str | Path, done: set[int] | None = None) -> list[tuple[int, int, str]]:
+    """``(model_id, version_id, fingerprint)`` of committed models whose version record is not committed.
+
+    Args:
+        out: the crawl's OUT.
+        done: the committed version ids when already known (read from the chunks otherwise).
+    """
+    done = committed_version_ids(out) if done is None else done
+    todo: dict[int, tuple[int, str]] = {}
     for item in iter_chunk_records(Path(out) / "civitai", "models"):
-        vids, _ = civitai.version_ids(item)
-        for vid in vids:
+        for vid, fingerprint in delta.version_fingerprints(item).items():
             if vid not in done:
-                todo.setdefault(vid, item["id"])
-    return [(mid, vid) for vid, mid in sorted(todo.items())]
+                todo.setdefault(vid, (item["id"], fingerprint))
+    return [(mid, vid, fp) for vid, (mid, fp) in sorted(todo.items())]
 
 
 class HfCrawler(_Crawler):
@@ -372,18 +505,27 @@ class HfCrawler(_Crawler):
     directory = "hf"
     PARTITION = "hf"
 
-    def __init__(self, cfg: CrawlConfig, client: HttpClient | None = None) -> None:
+    def __init__(self, cfg: CrawlConfig, client: HttpClient | None = None,
+                 carry_from: delta.PreviousSnapshot | None = None) -> None:
         super().__init__(cfg, client)
         self.source = HuggingFaceSource(self.client)
         self.seen = seen_ids(self.out, "hf", "models", cfg.run_id,
                              lambda r: (r.get("item") or {}).get("id"), cfg.limit)
+        self.carry_from = carry_from
+        self.ledger = delta.CarryLedger(self.out / "hf")
+        self._carried: list[str] = []
 
     def crawl(self) -> int:
-        """Page from the saved next URL, fetch cards concurrently, commit; return records written."""
+        """Page from the saved next URL, fetch cards concurrently, commit; return records written.
+
+        With ``carry_from``, a repo whose ``sha`` and ``lastModified`` are unchanged keeps its old card
+        (the listing item is always the new one).
+        """
         key = self.PARTITION
         saved = self.state.partition(key)
         if saved.get("done"):
             return 0
+        old_cards = delta.HfCardIndex(self.carry_from) if self.carry_from is not None else None
         params = self.cfg.hf.params()
         next_url: str | None = saved.get("cursor")
         buffer: list[dict[str, Any]] = []
@@ -410,10 +552,20 @@ class HfCrawler(_Crawler):
                         continue
                     if self.seen.claim(rid):
                         fresh.append(item)
-                for item, (card, error) in zip(fresh, pool.map(self.source.fetch_card, fresh), strict=True):
+                kept = ({i: old_cards.card_for(item) for i, item in enumerate(fresh)}
+                        if old_cards is not None else {})
+                wanted = [item for i, item in enumerate(fresh) if kept.get(i) is None]
+                fetched = iter(pool.map(self.source.fetch_card, wanted))
+                for i, item in enumerate(fresh):
+                    if kept.get(i) is not None:
+                        card, error = kept[i], None
+                        self._carried.append(item["id"])
+                    else:
+                        card, error = next(fetched)
                     if error:
                         self.fail("card", item["id"], error)
-                    buffer.append({"item": item, "card": card, "card_error": error})
+                    buffer.append({"item": item, "card": card, "card_error": error,
+                                   "_host": self.cfg.host_url})
                 if bar is not None:
                     bar.update(len(fresh))
                 nxt = page.next
@@ -434,6 +586,9 @@ class HfCrawler(_Crawler):
 
     def _commit(self, key: str, records: list[dict[str, Any]], cursor: str | None, done: bool = True,
                 limited: bool = False) -> int:
+        if self._carried:
+            self.ledger.record(self._carried)
+            self._carried = []
         if records:
             write_chunk(self.out / "hf", "models", records)
         fields: dict[str, Any] = {"cursor": safe_url(cursor) if cursor else None, "done": done,

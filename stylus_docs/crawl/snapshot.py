@@ -64,10 +64,14 @@ def encode_chunk(records: Iterable[Any]) -> bytes:
     Raises:
         UnsafeRecord: a record cannot be written as strict JSON (see :func:`encode_record`).
     """
+    return _gzip_lines(encode_record(record) for record in records)
+
+
+def _gzip_lines(lines: Iterable[bytes]) -> bytes:
     raw = io.BytesIO()
     with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-        for record in records:
-            gz.write(encode_record(record))
+        for line in lines:
+            gz.write(line)
     return raw.getvalue()
 
 
@@ -86,9 +90,17 @@ def committed_chunks(directory: str | os.PathLike[str], prefix: str) -> list[Pat
 
 def write_chunk(directory: str | os.PathLike[str], prefix: str, records: list[Any]) -> Path:
     """Publish ``records`` as the next free ``<prefix>-NNNNN.jsonl.gz`` in ``directory``; return its path."""
-    root = Path(directory)
+    return _publish(Path(directory), prefix, encode_chunk(records))
+
+
+def write_chunk_lines(directory: str | os.PathLike[str], prefix: str, lines: list[bytes]) -> Path:
+    """Publish already encoded JSONL lines (each ending in a newline, e.g. from :func:`iter_chunk_lines`
+    of a committed chunk) as the next free chunk; return its path."""
+    return _publish(Path(directory), prefix, _gzip_lines(lines))
+
+
+def _publish(root: Path, prefix: str, data: bytes) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    data = encode_chunk(records)
     fd, tmp = tempfile.mkstemp(prefix=f".{prefix}-", suffix=".part", dir=root)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -115,10 +127,26 @@ def write_chunk(directory: str | os.PathLike[str], prefix: str, records: list[An
 def iter_chunk_records(directory: str | os.PathLike[str], prefix: str) -> Iterator[Any]:
     """Every record of every committed ``prefix`` chunk, in chunk order."""
     for path in committed_chunks(directory, prefix):
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    yield json.loads(line)
+        yield from iter_chunk_file(path)
+
+
+def iter_chunk_lines(path: str | os.PathLike[str]) -> Iterator[bytes]:
+    """The raw JSONL lines of one committed chunk (newline included, blank lines skipped).
+
+    JSON strings escape newlines, so a newline byte only ever ends a record.
+    """
+    with gzip.open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield line if line.endswith(b"\n") else line + b"\n"
+
+
+def iter_chunk_file(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """Every record of one committed chunk."""
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -155,6 +155,22 @@ class CrawlState:
             atomic_write_text(self.path, json.dumps(state, indent=1, sort_keys=True))
             return state
 
+    def section(self, name: str) -> dict[str, Any]:
+        """A top-level section of the state other than the partitions (``{}`` when absent)."""
+        value = self.load().get(name)
+        return dict(value) if isinstance(value, dict) else {}
+
+    def update_section(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into the top-level section ``name`` (e.g. ``delta``) and save."""
+        with self._locked():
+            state = self.load()
+            section = state.get(name) if isinstance(state.get(name), dict) else {}
+            section.update(fields)
+            state[name] = section
+            state["updated_at"] = _now()
+            atomic_write_text(self.path, json.dumps(state, indent=1, sort_keys=True))
+            return dict(section)
+
     def partition(self, key: str) -> dict[str, Any]:
         """The saved state of partition ``key`` (``{}`` when it never committed anything)."""
         return dict(self.load().get("partitions", {}).get(key, {}))

@@ -1,4 +1,5 @@
-"""The end-of-crawl summary: snapshot totals, request counters, failures, elapsed time."""
+"""The end-of-crawl summary: snapshot totals, request counters, failures, elapsed time, and for every
+crawl what it fetched and carried over; against ``--previous``, what is new, changed and removed."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ from stylus_docs.crawl.snapshot import committed_chunks, iter_chunk_records
 from stylus_docs.crawl.state import CrawlState
 
 
-def snapshot_totals(out: str | Path, source: str) -> dict[str, Any]:
+def snapshot_totals(out: str | Path, source: str, record_ids: set[Any] | None = None) -> dict[str, Any]:
     """Count what the committed chunks hold (across every run of this crawl).
+
+    Args:
+        out: crawl output directory.
+        source: ``civitai`` or ``hf``.
+        record_ids: filled with the ids of the detail records (Civitai version ids, Hub repo ids), which
+            :func:`stylus_docs.crawl.tombstones.finish_crawl` needs (one pass over the chunks, not two).
 
     Returns:
         For ``civitai``: models, unique_models, versions, images (``_images`` items) and
@@ -26,6 +33,8 @@ def snapshot_totals(out: str | Path, source: str) -> dict[str, Any]:
         versions = images = version_images = 0
         for rec in iter_chunk_records(root, "versions"):
             versions += 1
+            if record_ids is not None and isinstance(rec, dict):
+                record_ids.add(rec.get("id"))
             images += len(rec.get("_images") or [])
             version_images += len(rec.get("images") or [])
         totals.update(models=len(ids), unique_models=len(set(ids)), versions=versions, images=images,
@@ -34,13 +43,17 @@ def snapshot_totals(out: str | Path, source: str) -> dict[str, Any]:
     else:
         recs = list(iter_chunk_records(root, "models"))
         ids = [(r.get("item") or {}).get("id") for r in recs]
+        if record_ids is not None:
+            record_ids.update(i for i in ids if isinstance(i, str))
         totals.update(models=len(recs), unique_models=len(set(ids)),
                       cards=sum(1 for r in recs if r.get("card") is not None),
                       card_errors=sum(1 for r in recs if r.get("card_error")))
     return totals
 
 
-def build_summary(out: str | Path, source: str, counters: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
+def build_summary(out: str | Path, source: str, counters: dict[str, Any], elapsed_s: float,
+                  totals: dict[str, Any] | None = None,
+                  delta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Assemble the summary dict written to ``summary.json``.
 
     Args:
@@ -49,14 +62,20 @@ def build_summary(out: str | Path, source: str, counters: dict[str, Any], elapse
         counters: this run's request counters (requests, retries_by_reason, failures_by_reason,
             record_failures, max_in_flight).
         elapsed_s: wall time of this run.
+        totals: :func:`snapshot_totals` when already computed.
+        delta: the fields of :func:`stylus_docs.crawl.tombstones.finish_crawl` (``fetched``,
+            ``carried_over``, ``new``, ``changed``, ``removed``, ``delta``).
     """
     state = CrawlState(Path(out) / source).load()
     parts = state.get("partitions", {})
     incomplete = {k: v.get("failed") or "not finished" for k, v in parts.items() if not v.get("done")}
-    totals = snapshot_totals(out, source)
+    totals = snapshot_totals(out, source) if totals is None else totals
+    enums = state.get("enums") if isinstance(state.get("enums"), dict) else {}
     return {
         "source": source,
         **totals,
+        **(delta or {}),
+        **({"enums": enums.get("outcome")} if source == "civitai" else {}),
         "requests": counters.get("requests", 0),
         "retries": sum(counters.get("retries_by_reason", {}).values()),
         "retries_by_reason": counters.get("retries_by_reason", {}),
@@ -93,6 +112,19 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  requests {summary['requests']}  retries {summary['retries']} "
                  f"{summary['retries_by_reason']}")
     lines.append(f"  failed records {summary['failed_records']} {summary['failed_records_by_reason']}")
+    info = summary.get("delta")
+    if info is not None:
+        unit = "versions" if summary["source"] == "civitai" else "cards"
+        lines.append(f"  {unit} fetched {summary['fetched']}  carried over {summary['carried_over']}  "
+                     f"new {summary['new']}  changed {summary['changed']}  removed {summary['removed']}")
+        if info.get("previous"):
+            tomb = info.get("tombstones") or {}
+            lines.append(f"  previous {info['previous']}  carry-over {info.get('carry_over')}")
+            lines.append("  tombstones " + (f"{tomb.get('new', 0)} new, {tomb.get('carried_forward', 0)} "
+                                            "carried forward" if tomb.get("written")
+                                            else f"none written: {tomb.get('reason')}"))
+    if summary.get("enums") not in (None, "fetched", "kept"):
+        lines.append(f"  enums {summary['enums']}")
     if summary["incomplete_partitions"]:
         lines.append(f"  incomplete partitions {summary['incomplete_partitions']}")
     lines.append(f"  elapsed {summary['elapsed_s']} s  max in flight {summary['max_in_flight']}")

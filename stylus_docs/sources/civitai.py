@@ -22,11 +22,20 @@ from stylus_docs.sources import Page
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable of the API token (sent as ``Authorization: Bearer``).
+#: Environment variable of the green host's API token (sent as ``Authorization: Bearer``).
 TOKEN_ENV = "CIVITAI_API_TOKEN"
-#: Environment variable of the base URL (without ``/api/v1``).
+#: Environment variable of the green host's base URL (without ``/api/v1``).
 URL_ENV = "CIVITAI_API_URL"
 DEFAULT_URL = "https://civitai.com"
+#: The two hosts since April 2026 (docs/API-NOTES.md §1.12): civitai.com ("green") serves SFW content
+#: only, civitai.red carries everything. Same paths on both; green filters without saying so.
+HOSTS = ("green", "red")
+HOST_URLS = {"green": DEFAULT_URL, "red": "https://civitai.red"}
+#: Base-URL override per host (``--api-url`` wins over both).
+HOST_URL_ENVS = {"green": URL_ENV, "red": "CIVITAI_RED_API_URL"}
+#: Each host gets only its own token: whether the two hosts share tokens is unknown, so a green token is
+#: never sent to red (there is no fallback from one variable to the other).
+HOST_TOKEN_ENVS = {"green": TOKEN_ENV, "red": "CIVITAI_RED_API_TOKEN"}
 PAGE_LIMIT = 100
 SORTS = ("Highest Rated", "Most Downloaded", "Most Liked", "Most Discussed", "Most Collected",
          "Most Images", "Newest", "Oldest")
@@ -213,6 +222,21 @@ class CivitaiSource:
             except SkipRecord as exc:  # HttpFailure is a SkipRecord too
                 body[IMAGES_KEY] = []
                 body["_images_error"] = exc.reason
+        return body
+
+    def fetch_enums(self) -> dict[str, Any]:
+        """``/api/v1/enums``: ``{ModelType, ModelFileType, ActiveBaseModel, BaseModel, BaseModelType}``.
+
+        Raises:
+            HttpFailure: the call failed.
+            SkipRecord: ``invalid_enums`` when the body is not a JSON object of lists.
+        """
+        body, _ = self.client.get_json("/api/v1/enums")
+        if not isinstance(body, dict) or not body:
+            raise SkipRecord("invalid_enums", f"enums body is {type(body).__name__}, not a non-empty object")
+        bad = sorted(str(k)[:40] for k, v in body.items() if not isinstance(v, list))
+        if bad:
+            raise SkipRecord("invalid_enums", f"enums keys without a list: {', '.join(bad[:5])}")
         return body
 
     def fetch_images(self, version_id: int) -> list[Any]:
