@@ -7,7 +7,7 @@ OUT ?= data/out
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup build stylus-sample query test bench eval-retrieval lint clean
+.PHONY: help setup build stylus-sample nightly query test bench eval-retrieval lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ build: setup ## the main job: crawl the bundled sample through the replay server
 
 stylus-sample: setup ## the whole Stylus build on the sample on CPU: render (tiny model) -> VLM refine (loopback) -> embed
 	$(PY) scripts/build_stylus_sample.py --out $(OUT)/stylus
+
+nightly: setup ## three scheduled `stylus-docs rebuild` runs on the sample: full, delta (a mutated next day), no-op
+	$(PY) scripts/nightly_sample.py --out $(OUT)/nightly
 
 query: setup ## example query against the sample release built by `make build`
 	$(VENV)/bin/stylus-docs query "a graffiti of a corgi on the wall" --docs $(OUT)/docs -k 10

@@ -41,8 +41,9 @@ def crawl_once(models_file: Path, out: Path, fault_rate: float, concurrency: int
     try:
         parser = argparse.ArgumentParser()
         add_arguments(parser)
-        args = parser.parse_args(["civitai", "--out", str(out), "--api-url", url, "--nsfw", "--quiet",
-                                  "--no-progress", "--concurrency", str(concurrency), "--backoff", "0.05"])
+        args = parser.parse_args(["civitai", "--out", str(out), "--api-url", url, "--host", "red", "--nsfw",
+                                  "--quiet", "--no-progress", "--concurrency", str(concurrency),
+                                  "--backoff", "0.05"])  # fmt: skip
         return run_config(config_from_args(args), quiet=True)
     finally:
         server.shutdown()

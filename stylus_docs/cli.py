@@ -25,6 +25,7 @@ from stylus_docs.secrets import redact
 COMMANDS: dict[str, tuple[str, str]] = {
     "crawl": ("crawl", "crawl Civitai or Hugging Face adapter cards into raw snapshots"),
     "build": ("build", "build a StylusDocs release from raw snapshots"),
+    "rebuild": ("rebuild", "scheduled job: delta crawl, incremental build, publish, prune"),
     "query": ("query", "hybrid search over a StylusDocs release"),
     "sql": ("sql", "run SQL over a StylusDocs release with DuckDB"),
     "download": ("download", "download adapter weights into the hash-verified cache"),
