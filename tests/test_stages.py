@@ -197,7 +197,8 @@ def test_expect_progress_opens_a_bar_with_the_input_size(capfd: pytest.CaptureFi
 def test_image_hosts_from_flags_and_configured_apis(monkeypatch: pytest.MonkeyPatch) -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--raw", "r", "--out", "o", "--image-hosts", "img.example:8080", "*.cdn.example"])
+    flags = ["--raw", "r", "--out", "o", "--image-hosts", "img.example:8080", "*.cdn.example"]
+    args = parser.parse_args(flags)
     monkeypatch.setenv("CIVITAI_API_URL", "http://127.0.0.1:8765/")
     monkeypatch.setenv("HF_ENDPOINT", "https://user:pw@hf.mirror.example")  # credentials: never a host entry
     cfg = config_from_args(args)
