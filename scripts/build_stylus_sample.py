@@ -7,7 +7,8 @@ What runs is the real CLI, stage for stage as on a GPU box with a real VLM:
 
 and only the remote parts are stand-ins on loopback:
 
-* the Civitai/Hugging Face APIs: ``scripts/replay_server.py`` over ``data/sample``;
+* the Civitai/Hugging Face APIs: ``scripts/replay_server.py`` over ``data/sample``, whose Civitai image
+  URLs are pointed at the replay server's ``/img/`` route (``--image-hosts`` lets the build fetch them);
 * the adapter weights: the sample's real LoRA files are not in the repository (gigabytes), so every
   Civitai version's primary file is replaced by one of the tiny LoRA files of
   ``scripts/make_tiny_models.py`` (diffusers, Kohya and a deliberately broken one, in turn), served by a
@@ -29,6 +30,7 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -100,6 +102,29 @@ def with_tiny_weights(models: Path, out: Path, weights_url: str, loras: list[tup
     return n
 
 
+CDN = "https://image.civitai.com/"
+
+
+def local_corpus(data: Path, out: Path, models: Path, image_base: str) -> Path:
+    """A copy of the sample whose Civitai image URLs point at the replay server's ``/img/`` route.
+
+    The build fetches example images for the VLM; offline, ``image.civitai.com`` would only cost
+    failed connections. The replay server answers ``/img/P`` with a sample PNG for ``CDN/P``.
+    """
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(data, out)
+    for path in (out / "civitai" / "images.jsonl", models):
+        text = path.read_text(encoding="utf-8").replace(CDN, image_base + "/img/")
+        (out / "civitai" / "models.jsonl" if path == models else path).write_text(text, encoding="utf-8")
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def vlm_answer(path: str, body: dict[str, Any]) -> Any:
     """The fake VLM: a valid refinement saying what it was shown (renders and examples counted)."""
     fake = sys.modules["fake_openai_server"]
@@ -153,7 +178,10 @@ def main() -> int:
 
     replay = _load("replay_server", ROOT / "scripts" / "replay_server.py")
     fake = _load("fake_openai_server", ROOT / "tests" / "fakes" / "openai_server.py")
-    server, base_url = replay.start_server(data_dir=Path(args.data), civitai_models=models)
+    port = free_port()
+    api_host = f"127.0.0.1:{port}"
+    corpus = local_corpus(Path(args.data), out / "corpus", models, f"http://{api_host}")
+    server, base_url = replay.start_server(data_dir=corpus, port=port)
     vlm, vlm_url = fake.start_fake_openai(script=vlm_answer)
     try:
         _run(CLI + ["crawl", "civitai", "--out", str(raw), "--api-url", base_url], env)
@@ -164,18 +192,28 @@ def main() -> int:
                     "--render-prompts", str(args.prompts), "--render-steps", str(args.steps),
                     "--render-size", str(args.size), "--render-cache", str(out / "weights"),
                     "--refiner", "openai", "--refiner-model", "fake-vlm",
-                    "--refine-concurrency", str(args.concurrency)], env)  # fmt: skip
+                    "--refine-concurrency", str(args.concurrency),
+                    "--image-hosts", api_host], env)  # fmt: skip
     finally:
         server.shutdown()
         weights.shutdown()
         chats = [b for p, b, _ in vlm.log if p.endswith("/chat/completions")]
         fake.stop(vlm)
 
-    with_renders = sum(
-        1 for b in chats
-        if any("without / with the adapter" in p.get("text", "") for m in b["messages"] if m.get("role") == "user"
-               for p in (m["content"] if isinstance(m["content"], list) else []))
-    )  # fmt: skip
+    def user_texts(body: dict[str, Any]) -> list[str]:
+        return [p.get("text", "") for m in body["messages"] if m.get("role") == "user"
+                for p in (m["content"] if isinstance(m["content"], list) else [])]  # fmt: skip
+
+    with_renders = sum(1 for b in chats if any("without / with the adapter" in t for t in user_texts(b)))
+
+    def n_images(body: dict[str, Any]) -> int:
+        return sum(1 for m in body["messages"] if m.get("role") == "user"
+                   for p in (m["content"] if isinstance(m["content"], list) else [])
+                   if p.get("type") == "image_url")  # fmt: skip
+
+    pairs = [sum(t.count("without / with the adapter") for t in user_texts(b)) for b in chats]
+    with_examples = sum(1 for b, k in zip(chats, pairs, strict=True) if n_images(b) > 2 * k)
+
     from stylus_docs import release
 
     build_dir = release.resolve_build(docs)
@@ -184,7 +222,13 @@ def main() -> int:
     print(f"\nStylus build {manifest['build_id']} at {build_dir}")
     print(f"  counts {json.dumps(manifest['counts'], sort_keys=True)}")
     print(f"  seconds by step {json.dumps(manifest.get('stage_seconds', {}), sort_keys=True)}")
-    print(f"  {len(rendered)} rendered PNGs; {len(chats)} VLM requests, {with_renders} of them with renders")
+    timing = release.read_table(build_dir, manifest, "adapters", ["render_load_s", "render_s"]).to_pylist()
+    load_s = sum(r["render_load_s"] or 0.0 for r in timing)
+    render_s = sum(r["render_s"] or 0.0 for r in timing)
+    print(f"  render: {load_s:.1f} s loading LoRAs, {render_s:.1f} s rendering; "
+          f"build wall {manifest['wall_s']:.1f} s")
+    print(f"  {len(rendered)} rendered PNGs; {len(chats)} VLM requests, {with_renders} of them with renders, "
+          f"{with_examples} with creators' example images")
     return 0
 
 
