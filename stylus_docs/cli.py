@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rebuild": ("rebuild", "scheduled job: delta crawl, incremental build, publish, prune"),
     "query": ("query", "hybrid search over a StylusDocs release"),
     "sql": ("sql", "run SQL over a StylusDocs release with DuckDB"),
+    "inspect": ("inspect", "classify adapter files (LoRA, LoCon, LoHa, LoKr, DoRA, embedding) by header"),
     "download": ("download", "download adapter weights into the hash-verified cache"),
     "compose": ("compose", "pick adapters for a prompt (the Stylus composer)"),
     "generate": ("generate", "generate images with composed adapters (diffusers)"),
