@@ -1,5 +1,8 @@
 """Image generation with Stylus-composed adapters (diffusers SD 1.5 / SDXL, in-process).
 
+The pipeline, adapter lifecycle and adapter files are the diffusion layer's (:mod:`stylus_docs.diffusion`);
+this package adds generation's scheduler, masks, sidecars and the resumable batch runner.
+
 Public API::
 
     from stylus_docs.generate import load_pipeline, StylusGenerator, AdapterStore, GenerateSettings
@@ -9,15 +12,10 @@ Public API::
     gen.render(prompt, composition, GenerateSettings(num_images=4, baseline=True), "out/<slug>")
 """
 
-from stylus_docs.generate.pipeline import (
-    BASE_MODEL_OF_KIND,
-    LoadedPipeline,
-    detect_kind,
-    load_pipeline,
-)
+from stylus_docs.diffusion import AdapterStore, LoadedPipeline
+from stylus_docs.generate.pipeline import BASE_MODEL_OF_KIND, detect_kind, load_pipeline
 from stylus_docs.generate.runner import (
     DEFAULT_NEGATIVE,
-    AdapterStore,
     GenerateSettings,
     StylusGenerator,
     adapter_name,

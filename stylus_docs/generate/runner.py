@@ -36,9 +36,9 @@ from typing import Any
 
 from stylus_docs.atomic import atomic_write_bytes, atomic_write_text
 from stylus_docs.compose.candidates import CardTable
+from stylus_docs.diffusion import AdapterStore, LoadedPipeline, LoraSession
 from stylus_docs.errors import FatalError, SkipRecord
-from stylus_docs.generate.pipeline import SCHEDULER_NAME, LoadedPipeline
-from stylus_docs.lora_state import PristineWeights
+from stylus_docs.generate.pipeline import SCHEDULER_NAME
 from stylus_docs.masks import (
     DEFAULT_BASE_WEIGHT,
     STRATEGIES,
@@ -129,44 +129,6 @@ def adapter_name(adapter_id: str) -> str:
     return "a_" + hashlib.sha256(adapter_id.encode("utf-8")).hexdigest()[:16]
 
 
-class AdapterStore:
-    """Adapter files from the download cache (downloaded on demand, hash-verified).
-
-    ``root`` is an :class:`~stylus_docs.download.AdapterCache` root; a flat ``root/<sha256>.safetensors``
-    is accepted too and imported into the cache (verified) on first use.
-
-    Args:
-        root: the adapters directory (``--adapters-dir``).
-        download: fetch missing files from the card's ``download_url`` (otherwise skip them).
-    """
-
-    def __init__(self, root: str | os.PathLike[str], download: bool = True) -> None:
-        from stylus_docs.download import AdapterCache
-
-        self.root = Path(root).expanduser()
-        self.cache = AdapterCache(self.root)
-        self.download = download
-
-    def path(self, card: dict[str, Any]) -> Path:
-        """The verified local file of ``card``'s adapter.
-
-        Raises:
-            SkipRecord: the adapter cannot be had (no hash, download failure, mismatch, not cached).
-        """
-        sha = str(card.get("sha256") or "").strip().lower()
-        if not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise SkipRecord("no_sha256", "the card has no SHA-256 to verify the file against")
-        cached = self.cache.lookup(sha)
-        if cached is not None:
-            return cached
-        flat = self.root / f"{sha}.safetensors"
-        if flat.is_file():
-            return self.cache.add_file(flat, sha, card.get("file_name") or flat.name)
-        if not self.download:
-            raise SkipRecord("not_cached", f"{sha[:12]}… is not in {self.root} and downloads are off")
-        return self.cache.fetch(card)
-
-
 def _png_bytes(image: Any) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -194,10 +156,11 @@ class StylusGenerator:
         self.cards = cards
         self.store = store
         self.build_id = build_id
+        self.session = LoraSession(self.pipe)  # adapters stay loaded across prompts
+        self._pristine = self.session.pristine  # base weights to restore after each fused batch
         self._names: dict[str, str] = {}  # adapter_id → adapter_name, loaded in this process
         self._failed: dict[str, dict[str, str]] = {}  # adapter_id → {"reason", "detail"}
         self._load_s: dict[str, float] = {}
-        self._pristine = PristineWeights()  # base weights to restore after each fused batch
 
     # -- adapters ----------------------------------------------------------------------------------
 
@@ -219,16 +182,10 @@ class StylusGenerator:
             log.warning("adapter %s skipped: %s", adapter_id, exc)
             return None
         try:
-            self.pipe.load_lora_weights(str(path), adapter_name=name)
-        except Exception as exc:  # noqa: BLE001 - boundary: any loader error skips this adapter, with its reason
-            log.warning(
-                "adapter %s failed to load: %s", adapter_id, exc, exc_info=log.isEnabledFor(logging.DEBUG)
-            )
-            self._failed[adapter_id] = {
-                "reason": "load_failed",
-                "detail": f"{type(exc).__name__}: {exc}"[:500],
-            }
-            self._forget(name)
+            self.session.load_lora(path, name)
+        except SkipRecord as exc:
+            log.warning("adapter %s failed to load: %s", adapter_id, exc.detail)
+            self._failed[adapter_id] = {"reason": exc.reason, "detail": exc.detail}
             return None
         self._names[adapter_id] = name
         self._load_s[adapter_id] = time.perf_counter() - t0
@@ -236,19 +193,9 @@ class StylusGenerator:
 
     def unload_adapters(self) -> None:
         """Take every loaded adapter out of the pipeline (a later render loads what it needs again)."""
-        self.pipe.unload_lora_weights()
+        self.session.unload()
         self._names.clear()
         self._load_s.clear()
-
-    def _forget(self, name: str) -> None:
-        # A failed load may leave half-injected layers behind; remove them so later renders are clean.
-        try:
-            if name in self.pipe.get_list_adapters().get("unet", []) or any(
-                name in v for v in self.pipe.get_list_adapters().values()
-            ):
-                self.pipe.delete_adapters(name)
-        except (ValueError, KeyError, AttributeError) as exc:
-            log.debug("could not delete adapter %s after a failed load: %s", name, exc)
 
     def failure(self, adapter_id: str) -> dict[str, str] | None:
         """Why ``adapter_id`` was skipped (None when it loaded or was never tried)."""
@@ -276,24 +223,11 @@ class StylusGenerator:
         import torch
 
         pipe = self.pipe
+        names = {self._names[a]: float(w) for a, w in weights.items()}
         timings = {"set_adapters_s": 0.0, "fuse_s": 0.0, "generate_s": 0.0, "unfuse_s": 0.0}
-        names = [self._names[a] for a in weights]
-        fused = False
-        t0 = time.perf_counter()
-        if names:
-            pipe.enable_lora()
-            pipe.set_adapters(names, adapter_weights=[float(w) for w in weights.values()])
-            timings["set_adapters_s"] = time.perf_counter() - t0
-            if settings.fuse:
-                t1 = time.perf_counter()
-                self._pristine.snapshot(pipe)  # copies only layers not seen before: ~free after the first
-                pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
-                fused = True
-                timings["fuse_s"] = time.perf_counter() - t1
-        elif self._names:
-            pipe.disable_lora()
-            timings["set_adapters_s"] = time.perf_counter() - t0
-        try:
+        # Restored from the resident copies on leaving, not pipe.unfuse_lora(): exact (no fp16 drift over
+        # a long batch run) and one copy per layer instead of a matmul per layer and adapter.
+        with self.session.applied(names, fuse=settings.fuse) as applied:
             t2 = time.perf_counter()
             generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
             out = pipe(
@@ -308,14 +242,8 @@ class StylusGenerator:
             if self.loaded.device.startswith("cuda"):
                 torch.cuda.synchronize()
             timings["generate_s"] = time.perf_counter() - t2
-        finally:
-            if fused:
-                t3 = time.perf_counter()
-                # Restored from the resident copies, not pipe.unfuse_lora(): exact (no fp16 drift over
-                # a long batch run) and one copy per layer instead of a matmul per layer and adapter.
-                self._pristine.unfuse(pipe)
-                timings["unfuse_s"] = time.perf_counter() - t3
-        return list(out.images), timings, fused
+        timings.update(set_adapters_s=applied.set_s, fuse_s=applied.fuse_s, unfuse_s=applied.restore_s)
+        return list(out.images), timings, applied.fused
 
     def render(
         self,

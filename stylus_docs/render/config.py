@@ -48,7 +48,8 @@ class RenderConfig:
         max_abs_weight: Weights outside ``[-max, max]`` are clipped (cards carry typos like 80).
         check_base_model: Mark cards whose base model is another family as ``incompatible_base``
             without loading them.
-        base_family: Family of the pipeline (``sd1``, ``sd2``, ``sdxl``, …); None: inferred.
+        base_family: Architecture of the pipeline (``sd15``, ``sd2``, ``sdxl``, … ; ``sd1`` is read as
+            ``sd15``); None: inferred from the loaded pipeline's denoiser config.
         baseline_cache_size: No-adapter renders kept (PNG bytes) for adapters sharing probe prompts.
         allow_hub: Let diffusers fetch ``pipeline`` from the Hub (off: local files only).
         download: Settings of the adapter downloads.

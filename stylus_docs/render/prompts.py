@@ -1,4 +1,4 @@
-"""Pure helpers of the render stage: probe prompts, adapter weights, base-model families, file names."""
+"""Pure helpers of the render stage: probe prompts, adapter weights, base-model labels, file names."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from stylus_docs.diffusion.family import card_architecture
 from stylus_docs.download import sanitize_path_component
 from stylus_docs.normalize.lora import strip_tags
 
@@ -25,29 +26,9 @@ FALLBACK_TEMPLATES: tuple[str, ...] = (
     "{subject}, an illustration",
 )
 
-# Base-model families: Civitai's baseModel strings and HF base_model repo ids, lowercased.
-_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (
-        "sdxl",
-        (
-            "sdxl",
-            "sd xl",
-            "xl 1.0",
-            "pony",
-            "illustrious",
-            "noobai",
-            "stable-diffusion-xl",
-            "playground v2",
-            "animagine",
-        ),
-    ),
-    ("sd3", ("sd 3", "sd3", "stable-diffusion-3")),
-    ("flux", ("flux",)),
-    ("sd2", ("sd 2", "sd2", "stable-diffusion-2")),
-    ("sd1", ("sd 1", "sd1", "stable-diffusion-v1", "stable-diffusion-v-1", "v1-5", "v1.5", "sd-v1")),
-    ("video", ("wan video", "hunyuan video", "ltxv", "mochi", "cogvideo", "svd")),
-    ("other", ("pixart", "kolors", "aura", "lumina", "hunyuan 1", "hidream", "qwen", "chroma", "hi-dream")),
-)
+#: Labels :func:`base_model_family` gives where the render stage's older names differ from the
+#: architecture vocabulary of :mod:`stylus_docs.diffusion.family`.
+_RENDER_LABELS = {"sd15": "sd1"}
 
 
 def clean_prompt(text: str) -> str:
@@ -112,17 +93,13 @@ def adapter_weight(card: Mapping[str, Any], default: float, max_abs: float) -> f
 
 
 def base_model_family(base_model: str | None) -> str | None:
-    """Family of a card's base model (``sd1``, ``sd2``, ``sdxl``, ``sd3``, ``flux``, ``video``, ``other``).
+    """Family of a card's base model with the render stage's labels (``sd1`` for SD 1.x, else the
+    architecture of :func:`stylus_docs.diffusion.card_architecture`: ``sd2``, ``sdxl``, ``flux`` …).
 
     None when unknown or empty: such adapters are tried anyway and the load verdict decides.
     """
-    text = (base_model or "").strip().lower()
-    if not text:
-        return None
-    for family, needles in _FAMILIES:
-        if any(n in text for n in needles):
-            return family
-    return None
+    arch = card_architecture(base_model)
+    return _RENDER_LABELS.get(arch, arch) if arch is not None else None
 
 
 def image_relpath(adapter_id: str, with_adapter: bool, index: int, seed: int, ext: str = "png") -> str:

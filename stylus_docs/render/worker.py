@@ -3,11 +3,12 @@
 :class:`AdapterRenderer` is plain Python (no Beam): the Beam model handler builds one per worker in
 ``load_model`` and calls :meth:`AdapterRenderer.render_card` for each adapter. Per adapter it
 
-1. checks the card's base-model family against the pipeline's (``incompatible_base``);
-2. fetches the verified weights from the :class:`~stylus_docs.download.AdapterCache`
+1. checks the card's base-model architecture against the pipeline's (``incompatible_base``;
+   :func:`stylus_docs.diffusion.card_architecture`);
+2. fetches the verified weights from the :class:`~stylus_docs.diffusion.AdapterStore`
    (``download_failed``);
-3. ``load_lora_weights`` — diffusers converts Kohya/A1111 keys itself — and checks that LoRA layers were
-   actually injected (``load_failed`` otherwise);
+3. loads the LoRA in a :class:`~stylus_docs.diffusion.LoraSession` — diffusers converts Kohya/A1111 keys
+   itself — which checks that LoRA layers were actually injected (``load_failed`` otherwise);
 4. renders the probe prompts that have no cached no-adapter image with the LoRA disabled, then the
    probe prompts with the LoRA at the card's weight (fused by default), at seeds ``base_seed + i``;
 5. unfuses and unloads, restoring the touched base weights bit-exactly from a resident copy;
@@ -30,11 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from stylus_docs.atomic import atomic_write_bytes
-from stylus_docs.download import AdapterCache
-from stylus_docs.errors import FatalError, SkipRecord
-from stylus_docs.lora_state import PristineWeights, lora_layers
+from stylus_docs.diffusion import (
+    AdapterStore,
+    LoraSession,
+    PipelineStateError,
+    PristineWeights,
+    card_architecture,
+    error_text,
+    load_base_pipeline,
+    normalize_architecture,
+    pipeline_architecture,
+)
+from stylus_docs.errors import SkipRecord
 from stylus_docs.render.config import RenderConfig
-from stylus_docs.render.prompts import adapter_weight, base_model_family, image_relpath, probe_prompts
+from stylus_docs.render.prompts import adapter_weight, image_relpath, probe_prompts
 from stylus_docs.secrets import redact
 
 logger = logging.getLogger(__name__)
@@ -68,66 +78,6 @@ class RenderResult:
         }
 
 
-def pipeline_family(pipe: Any) -> str:
-    """Base-model family of a loaded pipeline (``sd1``, ``sd2``, ``sdxl``, ``sd3``, ``flux``, …)."""
-    name = type(pipe).__name__.lower()
-    if "xl" in name:
-        return "sdxl"
-    if "flux" in name:
-        return "flux"
-    if "stablediffusion3" in name:
-        return "sd3"
-    unet = getattr(pipe, "unet", None)
-    if unet is not None and getattr(unet.config, "cross_attention_dim", None) == 1024:
-        return "sd2"
-    return "sd1"
-
-
-def load_pipeline(config: RenderConfig) -> Any:
-    """Load the base pipeline once, on the configured device and dtype, with progress bars off.
-
-    Raises:
-        FatalError: the pipeline cannot be loaded (bad path, not a diffusers pipeline, …).
-    """
-    import diffusers
-    import torch
-    from diffusers import DiffusionPipeline
-
-    dtype = getattr(torch, config.torch_dtype_name)
-    # diffusers renamed torch_dtype to dtype (the old name warns from 0.36 on).
-    dtype_key = "dtype" if _version_tuple(diffusers.__version__) >= (0, 36) else "torch_dtype"
-    kwargs: dict[str, Any] = {dtype_key: dtype, "local_files_only": not config.allow_hub}
-    index = Path(config.pipeline) / "model_index.json"
-    if index.is_file() and "safety_checker" in json.loads(index.read_text(encoding="utf-8")):
-        # Renders are for judging adapters; a safety checker would blank NSFW renders and add latency.
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
-    try:
-        pipe = DiffusionPipeline.from_pretrained(config.pipeline, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise FatalError(
-            f"render: cannot load the pipeline {config.pipeline!r}: {redact(str(exc))[:300]}"
-        ) from None
-    pipe = pipe.to(config.device)
-    pipe.set_progress_bar_config(disable=True)
-    _quiet_loaders()
-    return pipe
-
-
-def _quiet_loaders() -> None:
-    """Silence what the libraries print per adapter load; the worker reports each outcome itself.
-
-    diffusers logs a failed LoRA load at ERROR with the whole state-dict error (a thousand lines for one
-    mismatched file) and then raises; the worker catches it and keeps a bounded, redacted line in
-    ``render_error``. transformers draws a "Loading weights" bar for every adapter's text-encoder part.
-    """
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    logging.getLogger("diffusers.loaders.peft").setLevel(logging.CRITICAL)
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-
-
 class AdapterRenderer:
     """A resident pipeline that renders adapters one after another.
 
@@ -141,15 +91,22 @@ class AdapterRenderer:
 
         self.config = config
         self._torch = torch
-        self.pipe = pipe if pipe is not None else load_pipeline(config)
-        self.family = config.base_family or pipeline_family(self.pipe)
+        if pipe is None:
+            pipe = load_base_pipeline(
+                config.pipeline,
+                device=config.device,
+                dtype=config.torch_dtype_name,
+                allow_hub=config.allow_hub,
+            ).pipe
+        self.pipe = pipe
+        self.family = normalize_architecture(config.base_family) or pipeline_architecture(self.pipe)
         self.scheduler_name = type(self.pipe.scheduler).__name__
-        self.cache = AdapterCache(config.cache_dir, config.download)
+        self.store = AdapterStore(config.cache_dir, config=config.download)
         self.out_dir = Path(config.out_dir)
         self.stats: Counter[str] = Counter()
         self.timings: Counter[str] = Counter()  # seconds by phase, for benchmarks
         self._baseline: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._pristine = PristineWeights()
+        self._pristine = PristineWeights()  # resident copies of the base weights, kept across adapters
         self._serial = 0
 
     # -- public ---------------------------------------------------------------------------------
@@ -163,6 +120,9 @@ class AdapterRenderer:
 
         Returns:
             The status, timings and image rows.
+
+        Raises:
+            PipelineStateError: the base weights could not be restored (the worker is unusable).
         """
         result = self._render_card(card)
         self.stats[f"adapters_{result.status}"] += 1
@@ -174,9 +134,8 @@ class AdapterRenderer:
 
     def _render_card(self, card: Mapping[str, Any]) -> RenderResult:
         cfg = self.config
-        adapter_id = str(card.get("adapter_id") or "")
         if cfg.check_base_model:
-            family = base_model_family(card.get("base_model"))
+            family = card_architecture(card.get("base_model"))
             if family is not None and family != self.family:
                 return RenderResult(
                     "incompatible_base",
@@ -186,39 +145,37 @@ class AdapterRenderer:
         try:
             t0 = time.perf_counter()
             # The build's download stage hands over the verified file; standalone use fetches here.
-            given = card.get("weights_path")
-            weights = Path(given) if given else self.cache.fetch(card)
+            weights = self.store.path(card, verified=card.get("weights_path"))
             self.timings["download"] += time.perf_counter() - t0
         except SkipRecord as exc:
             return RenderResult("download_failed", redact(f"{exc.reason}: {exc.detail}"))
 
+        session = LoraSession(self.pipe, self._pristine)
+        try:
+            return self._render_adapter(session, card, weights)
+        finally:
+            # Outside the per-adapter boundary: a pipeline that cannot be put back stops the worker.
+            t0 = time.perf_counter()
+            session.unload()
+            self.timings["unload"] += time.perf_counter() - t0
+
+    def _render_adapter(self, session: LoraSession, card: Mapping[str, Any], weights: Path) -> RenderResult:
+        cfg = self.config
+        adapter_id = str(card.get("adapter_id") or "")
         prompts = probe_prompts(card, cfg.prompts_per_adapter)
         seeds = [cfg.base_seed + i for i in range(len(prompts))]
         weight = adapter_weight(card, cfg.default_weight, cfg.max_abs_weight)
         self._serial += 1
         name = f"adapter{self._serial}"
-        pipe = self.pipe
         result = RenderResult("ok")
-        fused = False
-        loaded = False
+        t_load = time.perf_counter()
         try:
-            t_load = time.perf_counter()
-            try:
-                pipe.load_lora_weights(str(weights), adapter_name=name)
-                loaded = True
-                layers = lora_layers(pipe)
-                if not layers or name not in {
-                    a for names in pipe.get_list_adapters().values() for a in names
-                }:
-                    return RenderResult(
-                        "load_failed", "no tensor of the file matched a layer of the base model"
-                    )
-            except Exception as exc:  # noqa: BLE001 - boundary: any loader error is this adapter's verdict
-                logger.debug("load_lora_weights failed for %s", adapter_id, exc_info=True)
-                return RenderResult("load_failed", _error_text(exc))
-            t_loaded = time.perf_counter()
-            self.timings["load"] += t_loaded - t_load
-
+            session.load_lora(weights, name)
+        except SkipRecord as exc:
+            return RenderResult("load_failed", exc.detail)
+        t_loaded = time.perf_counter()
+        self.timings["load"] += t_loaded - t_load
+        try:
             keys = list(zip(prompts, seeds, strict=True))
             # This adapter's no-adapter PNGs, taken now: the shared cache may evict them while we work.
             baselines = {k: self._baseline[k] for k in keys if k in self._baseline}
@@ -228,11 +185,8 @@ class AdapterRenderer:
             self.stats["baseline_hits"] += len(baselines)
             self.stats["baseline_misses"] += len(missing)
             if missing:
-                pipe.disable_lora()
-                try:
+                with session.disabled():
                     arrays = self._run([p for p, _ in missing], [s for _, s in missing])
-                finally:
-                    pipe.enable_lora()
                 if any(not _finite(a) for a in arrays):
                     return RenderResult(
                         "nan_output", "the base pipeline produced NaN/inf pixels without the adapter"
@@ -243,16 +197,13 @@ class AdapterRenderer:
             t_fuse = time.perf_counter()
             self.timings["render_without"] += t_fuse - t_loaded
 
-            pipe.set_adapters([name], [weight])
-            if cfg.fuse:
-                fused = True
-                self._pristine.snapshot(pipe)
-                pipe.fuse_lora(adapter_names=[name], lora_scale=1.0)
-            t_fused = time.perf_counter()
-            self.timings["fuse"] += t_fused - t_fuse
-            with_arrays = self._run(prompts, seeds)
-            t_done = time.perf_counter()
+            with session.applied({name: weight}, fuse=cfg.fuse) as applied:
+                t_fused = time.perf_counter()
+                self.timings["fuse"] += t_fused - t_fuse
+                with_arrays = self._run(prompts, seeds)
+                t_done = time.perf_counter()
             self.timings["render_with"] += t_done - t_fused
+            self.timings["unload"] += applied.restore_s
             result.load_s = (t_loaded - t_load) + (t_fused - t_fuse)
             result.render_s = (t_fuse - t_loaded) + (t_done - t_fused)
             if any(not _finite(a) for a in with_arrays):
@@ -262,16 +213,11 @@ class AdapterRenderer:
             result.images = self._write_images(adapter_id, prompts, seeds, weight, with_arrays, baselines)
             self.timings["save"] += time.perf_counter() - t0
             return result
+        except PipelineStateError:
+            raise
         except Exception as exc:  # noqa: BLE001 - boundary: a render error (OOM, bad prompt) fails one adapter
             logger.warning("render failed for %s", adapter_id, exc_info=True)
-            return RenderResult("render_failed", _error_text(exc))
-        finally:
-            if loaded or fused:
-                t0 = time.perf_counter()
-                self._unload(fused)
-                self.timings["unload"] += time.perf_counter() - t0
-            elif pipe.get_list_adapters():
-                pipe.unload_lora_weights()
+            return RenderResult("render_failed", error_text(exc))
 
     def _run(self, prompts: list[str], seeds: list[int]) -> list[Any]:
         """Render ``prompts`` at ``seeds`` in batches; returns float arrays (H, W, 3) in [0, 1]."""
@@ -295,14 +241,6 @@ class AdapterRenderer:
                 ).images
                 out.extend(images[i] for i in range(len(chunk)))
         return out
-
-    def _unload(self, fused: bool) -> None:
-        pipe = self.pipe
-        if fused:
-            # Not pipe.unfuse_lora(): subtracting the delta again leaves fp16 rounding error that would
-            # accumulate over thousands of adapters; the resident copies put the weights back exactly.
-            self._pristine.unfuse(pipe)
-        pipe.unload_lora_weights()
 
     def _remember_baseline(self, key: tuple[str, int], png: bytes) -> None:
         self._baseline[key] = png
@@ -351,14 +289,6 @@ class AdapterRenderer:
         return rows
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
 def _finite(arr: Any) -> bool:
     import numpy as np
 
@@ -374,9 +304,3 @@ def _png(arr: Any) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", optimize=False)
     return buf.getvalue()
-
-
-def _error_text(exc: BaseException) -> str:
-    """One bounded, redacted line: the exception type and the start of its message."""
-    text = " ".join(str(exc).split())
-    return redact(f"{type(exc).__name__}: {text}")[:500]
