@@ -6,6 +6,11 @@
                          [--num-images N] [--mask all|one_hot_loras|one_hot_concepts] [--seed S] [--steps N]
                          [--cfg X] [--baseline] [--device cpu|cuda] [--adapters-dir DIR]
     stylus-docs generate --prompts FILE.csv [--column caption] ... (same options)
+    stylus-docs generate TEXT ... --init-image IMG [--mask MASK.png] [--strength S]   # img2img / inpaint
+
+``--mask`` takes either an adapter-mask strategy (``all``, ``one_hot_loras``, ``one_hot_concepts``) or,
+any other value, the inpainting mask image (white = repaint); ``--mask-strategy`` names the strategy
+when ``--mask`` is an image.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from stylus_docs.commands.compose import (
     settings_from_args,
 )
 from stylus_docs.errors import FatalError
+from stylus_docs.masks import STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,21 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--column", default="caption", help="prompt column of --prompts (default caption)")
     p.add_argument("--limit", type=int, help="only the first N prompts of --prompts")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
-    p.add_argument("--mask", choices=("all", "one_hot_loras", "one_hot_concepts"), default="all")
+    p.add_argument(
+        "--mask",
+        metavar="STRATEGY|MASK",
+        help="adapter masks (all, one_hot_loras, one_hot_concepts; default all), or an inpainting mask "
+        "image (white = repaint; needs --init-image)",
+    )
+    p.add_argument(
+        "--mask-strategy", choices=STRATEGIES, help="adapter masks when --mask is an inpainting mask image"
+    )
+    p.add_argument("--init-image", type=Path, help="start from this image (image-to-image / inpainting)")
+    p.add_argument(
+        "--strength",
+        type=float,
+        help="how much of --init-image is noised away, in (0, 1] (default 0.8; 1.0 when inpainting)",
+    )
     p.add_argument("--seed", type=int, default=0, help="first seed; image i gets seed+i (default 0)")
     p.add_argument("--steps", type=int, default=35, help="denoising steps (default 35)")
     p.add_argument("--cfg", type=float, default=6.0, help="guidance scale (default 6)")
@@ -79,6 +99,40 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_compose_options(p)
     p.set_defaults(func=run, accepts_extra=False)
     return p
+
+
+def _masks_and_image(args: argparse.Namespace) -> tuple[str, Any]:
+    """The adapter-mask strategy and the :class:`~stylus_docs.generate.ImageInput` (or None) of the flags.
+
+    Raises:
+        FatalError: a mask image without ``--init-image``, ``--strength`` without it, a missing file, a
+            strength outside (0, 1], two strategies (one line, exit 2).
+    """
+    from stylus_docs.generate import ImageInput
+
+    strategy = args.mask_strategy
+    mask_image = None
+    if args.mask in STRATEGIES:
+        if strategy and strategy != args.mask:
+            raise FatalError(f"--mask {args.mask} and --mask-strategy {strategy} disagree")
+        strategy = args.mask
+    elif args.mask is not None:
+        mask_image = str(args.mask)
+        if not Path(mask_image).exists():
+            raise FatalError(
+                f"--mask {args.mask}: neither a strategy ({', '.join(STRATEGIES)}) nor an image file"
+            )
+        if args.init_image is None:
+            raise FatalError(
+                f"--mask {args.mask}: an inpainting mask needs --init-image "
+                f"(or name a strategy: {', '.join(STRATEGIES)})"
+            )
+    if args.init_image is None:
+        if args.strength is not None:
+            raise FatalError("--strength needs --init-image")
+        return strategy or "all", None
+    image = ImageInput(str(args.init_image), mask_image, args.strength)
+    return strategy or "all", image
 
 
 def _load_compositions(path: Path) -> dict[str, dict[str, Any]]:
@@ -117,9 +171,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     if bool(args.text) == bool(args.prompts):
         raise FatalError("give either a prompt TEXT or --prompts FILE.csv")
+    strategy, image_input = _masks_and_image(args)
     settings = GenerateSettings(
         num_images=args.num_images,
-        mask=args.mask,
+        mask=strategy,
         seed=args.seed,
         steps=args.steps,
         cfg=args.cfg,
@@ -132,6 +187,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         fuse=not args.no_fuse,
         base_weight=args.base_weight,
         batch_size=args.batch_size,
+        image_input=image_input,
     )
     compositions = _load_compositions(args.composition) if args.composition else {}
     if args.prompts:

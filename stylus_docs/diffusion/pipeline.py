@@ -206,12 +206,14 @@ def quiet_loaders() -> None:
 
     diffusers logs a failed LoRA load at ERROR with the whole state-dict error (a thousand lines for one
     mismatched file) and then raises; the caller catches it and keeps a bounded, redacted line.
-    transformers draws a "Loading weights" bar for every adapter's text-encoder part.
+    transformers draws a "Loading weights" bar for every adapter's text-encoder part, and logs a "LOAD
+    REPORT" table at WARNING for every text-encoder LoRA that does not cover every layer (most do not).
     """
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     logging.getLogger("diffusers.loaders.peft").setLevel(logging.CRITICAL)
+    logging.getLogger("transformers.integrations.peft").setLevel(logging.ERROR)
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 

@@ -17,6 +17,7 @@ from stylus_docs.generate.pipeline import BASE_MODEL_OF_KIND, detect_kind, load_
 from stylus_docs.generate.runner import (
     DEFAULT_NEGATIVE,
     GenerateSettings,
+    ImageInput,
     StylusGenerator,
     adapter_name,
     is_done,
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_NEGATIVE",
     "AdapterStore",
     "GenerateSettings",
+    "ImageInput",
     "LoadedPipeline",
     "StylusGenerator",
     "adapter_name",

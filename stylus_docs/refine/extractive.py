@@ -67,6 +67,7 @@ _RENDER_NOTES = {
     "download_failed": "Its weights could not be downloaded",
     "nan_output": "Rendering with it produced invalid (NaN) pixels",
     "render_failed": "Rendering with it failed",
+    "unsupported_format": "Its file format (e.g. LoHa, LoKr) cannot be loaded by diffusers",
 }
 
 

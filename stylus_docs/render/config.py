@@ -13,6 +13,7 @@ RENDER_STATUSES: tuple[str, ...] = (
     "ok",  # rendered with and without the adapter
     "incompatible_base",  # the card's base model is another family than the pipeline's
     "download_failed",  # the weights could not be had (reason in render_error)
+    "unsupported_format",  # LoHa, LoKr, a checkpoint or an unknown file: not loaded (reason in render_error)
     "load_failed",  # diffusers/PEFT could not load the file into the pipeline
     "nan_output",  # the pipeline produced NaN/inf pixels with the adapter
     "render_failed",  # the pipeline raised while rendering (e.g. out of memory)

@@ -1,4 +1,4 @@
-"""The render worker: one resident diffusers pipeline that renders adapters with and without their LoRA.
+"""The render worker: one resident diffusers pipeline that renders adapters with and without them.
 
 :class:`AdapterRenderer` is plain Python (no Beam): the Beam model handler builds one per worker in
 ``load_model`` and calls :meth:`AdapterRenderer.render_card` for each adapter. Per adapter it
@@ -7,12 +7,19 @@
    :func:`stylus_docs.diffusion.card_architecture`);
 2. fetches the verified weights from the :class:`~stylus_docs.diffusion.AdapterStore`
    (``download_failed``);
-3. loads the LoRA in a :class:`~stylus_docs.diffusion.LoraSession` — diffusers converts Kohya/A1111 keys
-   itself — which checks that LoRA layers were actually injected (``load_failed`` otherwise);
-4. renders the probe prompts that have no cached no-adapter image with the LoRA disabled, then the
-   probe prompts with the LoRA at the card's weight (fused by default), at seeds ``base_seed + i``;
-5. unfuses and unloads, restoring the touched base weights bit-exactly from a resident copy;
-6. writes PNGs under ``out_dir/rendered/<adapter>/`` and returns image rows for the images table.
+3. classifies the file from its safetensors header (:func:`stylus_docs.formats.inspect_file`): LoHa,
+   LoKr, checkpoints and unknown files are ``unsupported_format`` with the reason, never loaded;
+4. loads it in a :class:`~stylus_docs.diffusion.LoraSession`: a LoRA / LoCon / DoRA with
+   ``load_lora_weights`` (diffusers converts Kohya/A1111 keys itself; the session checks that LoRA layers
+   were actually injected), a textual inversion with ``load_textual_inversion`` under a token derived from
+   the adapter (``load_failed`` otherwise);
+5. renders the probe prompts that have no cached no-adapter image with the adapter off (LoRA disabled;
+   a textual inversion's token is absent from those prompts), then the probe prompts with the adapter:
+   the LoRA at the card's weight (fused by default), or the token put into each prompt (in place of the
+   trigger word, else appended), at seeds ``base_seed + i``;
+6. unfuses and unloads, restoring the touched base weights bit-exactly from a resident copy;
+7. writes PNGs under ``out_dir/rendered/<adapter>/`` and returns image rows for the images table (the
+   with-adapter row's ``prompt`` is the prompt as sent, token included).
 
 Every failure of one adapter becomes a status with the error text; the pipeline is left clean for the
 next adapter. Only a failure to restore the pipeline itself propagates (the worker is then unusable).
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stylus_docs import formats
 from stylus_docs.atomic import atomic_write_bytes
 from stylus_docs.diffusion import (
     AdapterStore,
@@ -38,9 +46,11 @@ from stylus_docs.diffusion import (
     PristineWeights,
     card_architecture,
     error_text,
+    insert_token,
     load_base_pipeline,
     normalize_architecture,
     pipeline_architecture,
+    textual_inversion_token,
 )
 from stylus_docs.errors import SkipRecord
 from stylus_docs.render.config import RenderConfig
@@ -149,28 +159,47 @@ class AdapterRenderer:
             self.timings["download"] += time.perf_counter() - t0
         except SkipRecord as exc:
             return RenderResult("download_failed", redact(f"{exc.reason}: {exc.detail}"))
+        t0 = time.perf_counter()
+        fmt = formats.inspect_file(weights)
+        ok, status, reason = formats.render_verdict(fmt)
+        self.timings["inspect"] += time.perf_counter() - t0
+        if not ok:
+            return RenderResult(status, redact(f"{fmt.format}: {reason}"))
 
         session = LoraSession(self.pipe, self._pristine)
         try:
-            return self._render_adapter(session, card, weights)
+            return self._render_adapter(session, card, weights, fmt)
         finally:
             # Outside the per-adapter boundary: a pipeline that cannot be put back stops the worker.
             t0 = time.perf_counter()
             session.unload()
             self.timings["unload"] += time.perf_counter() - t0
 
-    def _render_adapter(self, session: LoraSession, card: Mapping[str, Any], weights: Path) -> RenderResult:
+    def _render_adapter(
+        self, session: LoraSession, card: Mapping[str, Any], weights: Path, fmt: formats.AdapterFormat
+    ) -> RenderResult:
         cfg = self.config
         adapter_id = str(card.get("adapter_id") or "")
         prompts = probe_prompts(card, cfg.prompts_per_adapter)
         seeds = [cfg.base_seed + i for i in range(len(prompts))]
-        weight = adapter_weight(card, cfg.default_weight, cfg.max_abs_weight)
         self._serial += 1
         name = f"adapter{self._serial}"
+        embedding = fmt.format == "textual_inversion"
+        weight: float | None = None
+        with_prompts = prompts
         result = RenderResult("ok")
         t_load = time.perf_counter()
         try:
-            session.load_lora(weights, name)
+            if embedding:
+                triggers = [str(t) for t in card.get("trigger_words") or [] if str(t).strip()]
+                own = [fmt.token] if fmt.convention == "diffusers" and fmt.token else []
+                token = textual_inversion_token([*triggers, *own], f"adapter-{self._serial}")
+                session.load_textual_inversion(weights, token)
+                trigger = triggers[0] if triggers else None
+                with_prompts = [insert_token(p, token, trigger) for p in prompts]
+            else:
+                weight = adapter_weight(card, cfg.default_weight, cfg.max_abs_weight)
+                session.load_lora(weights, name)
         except SkipRecord as exc:
             return RenderResult("load_failed", exc.detail)
         t_loaded = time.perf_counter()
@@ -197,10 +226,11 @@ class AdapterRenderer:
             t_fuse = time.perf_counter()
             self.timings["render_without"] += t_fuse - t_loaded
 
-            with session.applied({name: weight}, fuse=cfg.fuse) as applied:
+            # A textual inversion has no weight: it acts through the token in ``with_prompts``.
+            with session.applied({} if weight is None else {name: weight}, fuse=cfg.fuse) as applied:
                 t_fused = time.perf_counter()
                 self.timings["fuse"] += t_fused - t_fuse
-                with_arrays = self._run(prompts, seeds)
+                with_arrays = self._run(with_prompts, seeds)
                 t_done = time.perf_counter()
             self.timings["render_with"] += t_done - t_fused
             self.timings["unload"] += applied.restore_s
@@ -210,7 +240,9 @@ class AdapterRenderer:
                 result.status, result.error = "nan_output", "NaN/inf pixels with the adapter applied"
                 return result
             t0 = time.perf_counter()
-            result.images = self._write_images(adapter_id, prompts, seeds, weight, with_arrays, baselines)
+            result.images = self._write_images(
+                adapter_id, prompts, with_prompts, seeds, weight, with_arrays, baselines
+            )
             self.timings["save"] += time.perf_counter() - t0
             return result
         except PipelineStateError:
@@ -252,15 +284,18 @@ class AdapterRenderer:
         self,
         adapter_id: str,
         prompts: list[str],
+        with_prompts: list[str],
         seeds: list[int],
-        weight: float,
+        weight: float | None,
         with_arrays: list[Any],
         baselines: Mapping[tuple[str, int], bytes],
     ) -> list[dict[str, Any]]:
+        """Image rows; ``weight`` is None for a textual inversion (its token is in ``with_prompts``)."""
         cfg = self.config
         rows: list[dict[str, Any]] = []
         for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
             for with_adapter in (False, True):
+                active = with_adapter and weight is not None
                 png = _png(with_arrays[i]) if with_adapter else baselines[(prompt, seed)]
                 rel = image_relpath(adapter_id, with_adapter, i, seed)
                 atomic_write_bytes(self.out_dir / rel, png)
@@ -271,7 +306,7 @@ class AdapterRenderer:
                         "origin": "rendered",
                         "url": None,
                         "path": rel,
-                        "prompt": prompt,
+                        "prompt": with_prompts[i] if with_adapter else prompt,
                         "negative_prompt": cfg.negative_prompt,
                         "seed": seed,
                         "steps": cfg.steps,
@@ -280,9 +315,9 @@ class AdapterRenderer:
                         "width": cfg.width,
                         "height": cfg.height,
                         "nsfw_level": None,
-                        "lora_weights": json.dumps({adapter_id: weight} if with_adapter else {}),
+                        "lora_weights": json.dumps({adapter_id: weight} if active else {}),
                         "with_adapter": with_adapter,
-                        "weight": float(weight) if with_adapter else None,
+                        "weight": float(weight) if active else None,
                         "scheduler": self.scheduler_name,
                     }
                 )
