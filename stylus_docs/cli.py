@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("download", "download adapter weights into the hash-verified cache"),
     "compose": ("compose", "pick adapters for a prompt (the Stylus composer)"),
     "generate": ("generate", "generate images with composed adapters (diffusers)"),
+    "link": ("link", "link a folder of your own .safetensors files to a release by hash"),
 }
 
 

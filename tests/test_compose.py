@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,11 +75,30 @@ def docs(tmp_path_factory) -> Path:
     return root
 
 
+def shown_catalogue(docs, prompt: str = PROMPT, **kw) -> dict[str, int]:
+    """adapter_id → index in the catalogue the LLM composer is shown for ``prompt`` (read off the
+    request it sends)."""
+    with FakeOpenAIChat([{"content": '{"topics": []}'}]) as server:
+        _llm(docs, server, **kw).compose(prompt)
+    user = server.requests[0]["messages"][1]["content"]
+    by_title = {r["title"]: r["adapter_id"] for r in _extra_rows_cached()}
+    shown = re.findall(r"^\[(\d+)\] (.+)$", user, flags=re.M)
+    return {by_title[title]: int(i) for i, title in shown}
+
+
+_ROWS: list[dict] = []
+
+
+def _extra_rows_cached() -> list[dict]:
+    if not _ROWS:
+        _ROWS.extend(_extra_rows())
+    return _ROWS
+
+
 @pytest.fixture(scope="module")
 def catalogue(docs) -> dict[str, int]:
-    """adapter_id → index in the catalogue the composer shows for PROMPT."""
-    source = Composer(docs, ComposeSettings()).source
-    return {c.adapter_id: c.index for c in source.candidates(PROMPT, ComposeSettings())}
+    """adapter_id → index in the catalogue the LLM composer shows for PROMPT."""
+    return shown_catalogue(docs)
 
 
 def _answer(*topics) -> str:
@@ -108,7 +128,12 @@ def test_offline_composition_shape_and_determinism(docs):
     composer = Composer(docs, ComposeSettings())
     result = composer.compose("a graffiti of a corgi on the wall")
     validate_output(result)
-    assert set(result) == {"prompt", "release", "composer", "topics", "dropped", "timings"}
+    assert set(result) == {
+        "prompt", "release", "composer", "base_model", "base_family", "base_family_from", "local", "topics",
+        "dropped", "timings",
+    }  # fmt: skip
+    assert result["base_family"] == "SD 1.x" and result["base_family_from"] == "candidates"
+    assert result["base_model"] == "SD 1.5" and result["local"] is None
     assert result["release"]["build_id"] == composer.build_id
     assert result["composer"]["name"] == "offline"
     picked = {t["topic"]: [a["adapter_id"] for a in t["adapters"]] for t in result["topics"]}
@@ -152,9 +177,11 @@ def test_llm_rules_enforced(docs, catalogue):
         ("wall", [c["civitai:113@1013"], c["civitai:106@1006"]]),  # third and fourth style adapters
         ("watercolor", [c["civitai:106@1006"]]),
         ("sunset beach", [c["hf:acme/retro-cars@abc123"]]),  # hallucinated topic
-        ("anime girl", [c["civitai:110@1010"], c["civitai:112@1012"]]),  # characters nobody named
+        ("anime girl", []),
         ("Hatsune Miku", [c["civitai:111@1011"]]),  # named character: allowed
     )
+    # Characters the prompt does not name never reach the LLM (the rules check its answer as well).
+    assert "civitai:110@1010" not in c and "civitai:112@1012" not in c
     with FakeOpenAIChat([{"content": answer}]) as server:
         result = _llm(docs, server).compose(PROMPT)
     validate_output(result)
@@ -177,16 +204,13 @@ def test_llm_rules_enforced(docs, catalogue):
     assert {d["topic"] for d in reasons["topic_not_in_prompt"]} == {"sunset beach"}
     # graffiti (104) and ink wall (113) take the two style slots; watercolor (106) is refused twice
     assert [d["adapter_id"] for d in reasons["style_cap"]] == ["civitai:106@1006"] * 2
-    assert {d["adapter_id"] for d in reasons["character_not_requested"]} == {
-        "civitai:110@1010",
-        "civitai:112@1012",
-    }
+    assert "character_not_requested" not in reasons
     for d in result["dropped"]:
         assert d["detail"]
 
 
-def test_llm_include_characters_and_per_topic(docs, catalogue):
-    c = catalogue
+def test_llm_include_characters_and_per_topic(docs):
+    c = shown_catalogue(docs, include_characters=True)
     answer = _answer(("anime girl", [c["civitai:110@1010"], c["civitai:112@1012"]]))
     with FakeOpenAIChat([{"content": answer}]) as server:
         result = _llm(docs, server, include_characters=True, per_topic=1).compose(PROMPT)

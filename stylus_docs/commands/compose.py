@@ -3,7 +3,8 @@
 ::
 
     stylus-docs compose TEXT --docs DOCS [--composer offline|llm] [--model NAME] [--top-k 150]
-                        [--per-topic 3] [--include-characters] [--format json|table]
+                        [--per-topic 3] [--include-characters] [--base-model B] [--local DIR]
+                        [--format json|table]
 """
 
 from __future__ import annotations
@@ -39,7 +40,16 @@ def add_compose_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-style", type=int, default=2, help="max style adapters overall (default 2)")
     g.add_argument("--include-characters", action="store_true", help="allow character/celebrity adapters")
     g.add_argument("--include-nsfw", action="store_true", help="keep NSFW adapters among the candidates")
-    g.add_argument("--base-model", help="only adapters for this base model (e.g. 'SD 1.5')")
+    g.add_argument(
+        "--base-model",
+        help="only adapters of this base model's family (e.g. 'SD 1.5' → SD 1.x, 'Pony'); default: the "
+        "generation pipeline's, else the family with the best candidates",
+    )
+    g.add_argument(
+        "--local",
+        metavar="DIR",
+        help="pick only among the adapters linked in DIR (run `stylus-docs link --docs DOCS DIR` first)",
+    )
     g.add_argument("--refine", action="store_true", help="send the paper's second 'refine' turn to the LLM")
     g.add_argument(
         "--fallback", choices=("offline",), help="fall back to the offline composer if the LLM fails"
@@ -52,7 +62,13 @@ def add_compose_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, base_model: str | None = None) -> Any:
-    """A :class:`~stylus_docs.compose.ComposeSettings` from the shared flags."""
+    """A :class:`~stylus_docs.compose.ComposeSettings` from the shared flags.
+
+    Args:
+        args: the parsed flags.
+        base_model: the generation pipeline's base model (``generate`` passes it): the family used when
+            ``--base-model`` is not given.
+    """
     from stylus_docs.compose import ComposeSettings
 
     return ComposeSettings(
@@ -63,7 +79,9 @@ def settings_from_args(args: argparse.Namespace, base_model: str | None = None) 
         max_style=args.max_style,
         include_characters=args.include_characters,
         include_nsfw=args.include_nsfw,
-        base_model=args.base_model or base_model,
+        base_model=args.base_model or None,
+        pipeline_base_model=base_model,
+        local=str(args.local) if args.local else None,
         refine=args.refine,
         fallback=args.fallback,
         answer_retries=args.answer_retries,
@@ -113,6 +131,12 @@ def format_table(result: dict[str, Any]) -> str:
     if comp.get("fallback_from"):
         name += f" [fallback from {comp['fallback_from']}: {comp.get('fallback_reason')}]"
     lines.append(f"composer: {name}")
+    lines.append(
+        f"base: {result.get('base_model') or '-'} (family {result.get('base_family') or '-'}, "
+        f"from {result.get('base_family_from') or '-'})"
+    )
+    if result.get("local"):
+        lines.append(f"local: {result['local']['dir']} ({result['local']['adapters']} linked adapters)")
     for topic in result["topics"]:
         lines.append(f"  {topic['topic']}:")
         if not topic["adapters"]:

@@ -25,6 +25,9 @@ class Candidate:
         trigger_words: trained words.
         description: refined description (or the cleaned card text when unrefined).
         base_model: e.g. ``SD 1.5``.
+        family: the catalogue base-model family (``SD 1.x``, ``SDXL``, ``Pony``, … — the adapters
+            table's ``base_model_family``, else :func:`stylus_docs.normalize.base_models.family` of
+            ``base_model``, else ``base_model`` itself); None when the card names no base model.
         nsfw: the card's NSFW flag.
         score: retrieval score (hybrid).
         components: retrieval score components (dense, lexical, …) as the query module gives them.
@@ -39,6 +42,7 @@ class Candidate:
     trigger_words: list[str] = field(default_factory=list)
     description: str = ""
     base_model: str = ""
+    family: str | None = None
     nsfw: bool = False
     score: float = 0.0
     components: dict[str, float] = field(default_factory=dict)
@@ -56,14 +60,22 @@ class ComposeSettings:
         max_style: cap on style adapters over the whole composition (paper: two).
         include_characters: allow character/celebrity adapters even when the prompt names no one.
         include_nsfw: keep NSFW adapters among the candidates.
-        base_model: only candidates for this base model (None: any).
+        base_model: the user's base model (``--base-model``); the composition uses only adapters of
+            its family (:func:`stylus_docs.compose.families.resolve_family`).
+        pipeline_base_model: the generation pipeline's base model (``generate`` passes it); used when
+            ``base_model`` is not set. Without either, the family with the best candidates is chosen.
+        local: a library folder linked with ``stylus-docs link``: only its adapters are candidates.
         refine: send the paper's second "refine" turn to the LLM.
         fallback: ``offline`` to fall back to the offline composer when the LLM fails for good.
         answer_retries: extra tries after an invalid (unparsable / schema-violating) answer.
         http_retries: retries of one request on 429 / 5xx / timeouts / connection errors.
         timeout_s: per-request timeout.
         max_description_chars: description length per catalogue entry (the reference truncates at 1000).
-        offline_threshold: minimum phrase score for the offline composer to assign an adapter.
+        offline_threshold: minimum (topic, adapter) score for the offline composer to assign an
+            adapter; a topic whose best candidate scores below it gets none (tuned on the developer
+            half, BENCHMARKS.md ``compose-rules``).
+        topic_keep_ratio: the offline composer keeps a topic's further adapters only when they score at
+            least this share of its best one.
     """
 
     composer: str = "offline"
@@ -74,6 +86,8 @@ class ComposeSettings:
     include_characters: bool = False
     include_nsfw: bool = False
     base_model: str | None = None
+    pipeline_base_model: str | None = None
+    local: str | None = None
     refine: bool = False
     fallback: str | None = None
     answer_retries: int = 2
@@ -81,6 +95,7 @@ class ComposeSettings:
     timeout_s: float = 60.0
     max_description_chars: int = 1000
     offline_threshold: float = 0.5
+    topic_keep_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if self.composer not in COMPOSERS:
@@ -97,6 +112,8 @@ class ComposeSettings:
             raise FatalError("retry counts must be non-negative")
         if self.timeout_s <= 0:
             raise FatalError("timeout must be positive")
+        if not 0.0 <= self.topic_keep_ratio <= 1.0:
+            raise FatalError("topic_keep_ratio must be between 0 and 1")
 
     def cache_fields(self) -> dict[str, Any]:
         """The settings that determine the result (retry/timeouts excluded: they do not change it)."""
@@ -116,6 +133,7 @@ class RawAssignment:
 
     index: Any
     reason: str = ""
+    score: float | None = None
 
 
 @dataclass(slots=True)
