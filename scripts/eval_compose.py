@@ -291,9 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         "caption that does not contain a piece of its title; a composition mixing base-model families. "
         "Target 0. Agreement: over the captions for which Stylus chose a model of this release, composed "
         "models ∩ Stylus' `ranked_adapters` models (precision per composed adapter, recall per Stylus "
-        "choice, hit rate per caption). Stylus chose from the whole 2023 catalogue, about half of which "
-        "is in the held-out half and cannot be picked here. Before this issue: 88 character/celebrity "
-        "violations over 60 COCO/Parti captions, and families mixed without `--base-model`.",
+        "choice, hit rate per caption). Stylus chose from its own, much larger Civitai catalogue: only the "
+        "share of its choices in the last column's first figure can be picked from this release at all. "
+        "Before (issue 13, as reported there): 88 character/celebrity violations over 60 COCO/Parti "
+        "captions, and families mixed without `--base-model`.",
     ]
     if grid:
         lines += [
