@@ -7,7 +7,7 @@ OUT ?= data/out
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup build stylus-sample nightly query test bench eval-retrieval lint clean
+.PHONY: help setup build stylus-sample nightly query test bench eval-retrieval eval-compose lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -39,12 +39,16 @@ test: setup ## run the test suite (fails if no test ran)
 
 bench: build ## run the CPU benchmarks (crawl, build, query, compose) and update BENCHMARKS.md
 	$(PY) scripts/bench_crawl.py
+	$(PY) scripts/bench_delta.py
 	$(PY) scripts/bench_build.py
 	$(PY) scripts/bench_query.py
 	$(PY) scripts/bench_compose.py
 
 eval-retrieval: setup ## retrieval quality on the developer half of the real data (../shared/data)
 	$(PY) scripts/eval_retrieval.py
+
+eval-compose: setup ## composer rules + agreement with Stylus on developer-half captions (../shared/data)
+	$(PY) scripts/eval_compose.py --grid
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check stylus_docs pipelines scripts tests

@@ -51,7 +51,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
 from stylus_docs.beam_options import make_pipeline_options, split_beam_args
-from stylus_docs.crawl import delta
+from stylus_docs.crawl import delta, digests
 from stylus_docs.crawl.engine import (
     CivitaiCrawler,
     CrawlConfig,
@@ -388,7 +388,7 @@ def build_pipeline(pipeline: beam.Pipeline, cfg: CrawlConfig,
     else:
         old = (pipeline | "OldModelChunks" >> beam.Create(delta.model_chunks(carry_from))
                | "SpreadOldModels" >> beam.Reshuffle()
-               | "OldFingerprints" >> beam.FlatMap(delta.listing_fingerprints))
+               | "OldFingerprints" >> beam.FlatMap(digests.listing_fingerprints))
         classified = ({"new": refs, "old": old} | "JoinOld" >> beam.CoGroupByKey()
                       | "Classify" >> beam.ParDo(ClassifyVersions(done)).with_outputs(
                           ClassifyVersions.UNCHANGED, main="changed"))
@@ -423,6 +423,24 @@ def _counters(result: Any) -> dict[str, Any]:
     return out
 
 
+def _run_pipeline(cfg: CrawlConfig, beam_args: Sequence[str], previous: delta.PreviousSnapshot | None,
+                  fatal_path: Path) -> Any:
+    pipeline = beam.Pipeline(options=make_pipeline_options(beam_args))
+    build_pipeline(pipeline, cfg, previous)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as exc:  # boundary: runners wrap DoFn errors; recover our own fatal message
+        if fatal_path.exists():
+            message = json.loads(fatal_path.read_text(encoding="utf-8"))["message"]
+            fatal_path.unlink(missing_ok=True)
+            raise FatalError(message) from None
+        logger.exception("crawl pipeline failed")
+        raise FatalError(f"crawl pipeline failed: {redact(str(exc).splitlines()[0] if str(exc) else '')}"
+                         ) from exc
+    return result
+
+
 def run_config(cfg: CrawlConfig, beam_args: Sequence[str] = (), quiet: bool = False) -> dict[str, Any]:
     """Run the crawl pipeline for ``cfg``; write and return the summary.
 
@@ -437,24 +455,16 @@ def run_config(cfg: CrawlConfig, beam_args: Sequence[str] = (), quiet: bool = Fa
     fatal_path = Path(cfg.out) / cfg.source / _FATAL_FILE
     fatal_path.unlink(missing_ok=True)
     # Temp chunks left by a killed run (readers already ignore them); one crawl per OUT at a time.
-    for stale in Path(cfg.out).glob(f"{cfg.source}/.*.part"):
-        stale.unlink(missing_ok=True)
-    pipeline = beam.Pipeline(options=make_pipeline_options(beam_args))
-    build_pipeline(pipeline, cfg, previous)
+    for pattern in (f"{cfg.source}/.*.part", f"{cfg.source}/{digests.INDEX_DIR}/.*.part"):
+        for stale in Path(cfg.out).glob(pattern):
+            stale.unlink(missing_ok=True)
     try:
-        result = pipeline.run()
-        result.wait_until_finish()
-    except Exception as exc:  # boundary: runners wrap DoFn errors; recover our own fatal message
-        if fatal_path.exists():
-            message = json.loads(fatal_path.read_text(encoding="utf-8"))["message"]
-            fatal_path.unlink(missing_ok=True)
-            raise FatalError(message) from None
-        logger.exception("crawl pipeline failed")
-        raise FatalError(f"crawl pipeline failed: {redact(str(exc).splitlines()[0] if str(exc) else '')}"
-                         ) from exc
-    record_ids: set[Any] = set()
-    totals = snapshot_totals(cfg.out, cfg.source, record_ids)
-    changes = finish_crawl(cfg, previous, record_ids)
+        result = _run_pipeline(cfg, beam_args, previous, fatal_path)
+        record_ids: set[Any] = set()
+        totals = snapshot_totals(cfg.out, cfg.source, record_ids)
+        changes = finish_crawl(cfg, previous, record_ids)
+    finally:
+        digests.forget()  # what the pipeline and the end of the crawl read once (crawl.digests)
     summary = build_summary(cfg.out, cfg.source, _counters(result), time.monotonic() - started,
                             totals=totals, delta=changes)
     write_summary(cfg.out, summary)

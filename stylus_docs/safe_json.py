@@ -12,22 +12,42 @@ Python's :func:`json.loads` accepts things no schema should see, and fails on ot
 
 :func:`loads` turns each of these into an :class:`UnsafeJSON` (a ``ValueError``) with a stable
 ``reason`` so callers dead-letter one record and go on. Real data pays little for it: on the 3,994 real
-2023 ``/models`` items (62 MB) parsing takes 0.75 s and the depth walk 0.32 s; their deepest value sits
-at depth 9, no line holds a surrogate escape, none a non-finite literal.
+2023 ``/models`` items (62 MB) parsing takes 0.75 s; their deepest value sits at depth 9, no line holds a
+lone surrogate, none a non-finite literal.
+
+:func:`find_problem` first tries a level-by-level pass whose per-value work runs in C (``gc.get_referents``
+lists a level's children, ``map``/``compress`` sort them by exact type, one ``sum`` checks the floats and
+one UTF-8 encode the non-ASCII strings); only when that pass cannot vouch for the tree (a problem, or a
+type it does not know) does the exact per-value walk run, so the answers are those of the walk. On the
+3,994 items above (a shared 2-core machine): 1.6 s walking every value of every item, 0.9 s level by
+level item by item, 0.65 s a listing page (100 items) at a time with :func:`all_clean`; the 5,900
+version records of the same corpus: 5.2 s walking, 2.0 s level by level.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import re
+from collections.abc import Iterable
+from itertools import chain, compress, filterfalse
 from typing import Any
 
 #: Deepest nesting accepted (objects and arrays). Real Civitai and Hub items stay under 12.
 MAX_DEPTH = 64
-# A surrogate escape in the raw text is the only way a decoded str can hold a lone surrogate when the
-# input is bytes (raw UTF-8 cannot encode one), so the string check runs only when this matches.
+# How a str decoded from bytes can hold a lone surrogate: a surrogate escape in the text, or the three
+# bytes of a UTF-8-encoded surrogate (not UTF-8, but json.loads decodes bytes with "surrogatepass"), or
+# a text in another encoding json.loads detects (UTF-16/32: escapes there do not match these patterns).
+# The string check of loads() runs when any of these may apply.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_RAW_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")
+
+# Exact types the level-by-level pass knows (JSON's, plus tuples); anything else goes to the exact walk.
+_PLAIN_TYPES = frozenset({dict, list, tuple, str, int, float, bool, type(None)})
+_is_container = frozenset({dict, list, tuple}).__contains__
+_is_float = frozenset({float}).__contains__
+_is_str = frozenset({str}).__contains__
 
 
 class UnsafeJSON(ValueError):
@@ -68,8 +88,11 @@ def loads(data: str | bytes | bytearray, *, max_depth: int = MAX_DEPTH) -> Any:
         raise UnsafeJSON("bad_json", f"not UTF-8: {exc.reason}") from None
     except json.JSONDecodeError as exc:
         raise UnsafeJSON("bad_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    text = data if isinstance(data, str) else None
-    check_strings = text is not None or _SURROGATE_ESCAPE.search(data) is not None
+    check_strings = isinstance(data, str) or (
+        _SURROGATE_ESCAPE.search(data) is not None
+        or _RAW_SURROGATE.search(data) is not None
+        or json.detect_encoding(data) != "utf-8"
+    )
     problem = find_problem(obj, max_depth=max_depth, check_strings=check_strings)
     if problem is not None:
         raise UnsafeJSON(*problem)
@@ -84,6 +107,64 @@ def find_problem(
     Iterative, so a deep tree cannot overflow the stack here. Checks depth, non-finite floats and —
     with ``check_strings`` — strings (and keys) that do not encode as UTF-8.
     """
+    if _surely_clean([obj], max_depth, check_strings):
+        return None
+    return _first_problem(obj, max_depth, check_strings)
+
+
+def all_clean(objs: Iterable[Any], *, max_depth: int = MAX_DEPTH, check_strings: bool = True) -> bool:
+    """Whether :func:`find_problem` finds nothing in any of ``objs`` (each counted from depth 1).
+
+    One level-by-level pass over all of them (a listing page: 100 items), then the exact walk of each
+    only when that pass cannot vouch for them.
+    """
+    objs = list(objs)
+    if _surely_clean(objs, max_depth, check_strings):
+        return True
+    return all(_first_problem(o, max_depth, check_strings) is None for o in objs)
+
+
+def _surely_clean(objs: list[Any], max_depth: int, check_strings: bool) -> bool:
+    """True when none of ``objs`` holds a problem; False when one may (the exact walk then decides).
+
+    ``objs`` are the children of a virtual root at depth 0. Each round takes one level of values: their
+    exact types must all be plain (no subclasses: a float subclass NaN, a dict subclass with its own
+    iteration…), their floats must sum to a finite number (a NaN or an infinity makes the sum non-finite;
+    an overflowing sum of finite floats is only a false alarm), their non-ASCII strings must encode as
+    UTF-8 together (Python never pairs two lone surrogates into one character, so concatenating cannot
+    hide one); then the level's containers give the next level through ``gc.get_referents`` (a list's or
+    tuple's items, a dict's values), whose count must be the containers' total length — a dict whose keys
+    are not all ``str`` also yields its keys and so fails that count and goes to the walk.
+    """
+    values = objs
+    depth = 0
+    while True:
+        types = list(map(type, values))
+        if not _PLAIN_TYPES.issuperset(types):
+            return False
+        if not math.isfinite(sum(compress(values, map(_is_float, types)), 0.0)):
+            return False
+        if check_strings:
+            wide = list(filterfalse(str.isascii, compress(values, map(_is_str, types))))
+            if wide and not _utf8_ok("".join(wide)):
+                return False
+        level = list(compress(values, map(_is_container, types)))
+        if not level:
+            return True
+        depth += 1
+        if depth > max_depth:
+            return False
+        values = gc.get_referents(*level)
+        if len(values) != sum(map(len, level)):
+            return False
+        if check_strings:
+            keys = list(filterfalse(str.isascii, chain.from_iterable(c for c in level if type(c) is dict)))
+            if keys and not _utf8_ok("".join(keys)):
+                return False
+
+
+def _first_problem(obj: Any, max_depth: int, check_strings: bool) -> tuple[str, str] | None:
+    """The exact walk of :func:`find_problem`: every value, depth first."""
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         value, depth = stack.pop()

@@ -25,14 +25,16 @@ from typing import Any
 
 from stylus_docs import safe_json
 from stylus_docs.atomic import atomic_write_bytes, atomic_write_text
-from stylus_docs.crawl import delta
+from stylus_docs.crawl import delta, digests
 from stylus_docs.crawl.snapshot import (
+    MEMBER_LINES,
     UnsafeRecord,
+    committed_chunks,
     encode_record,
-    iter_chunk_lines,
-    iter_chunk_records,
+    gzip_lines,
+    iter_chunk_members,
     write_chunk,
-    write_chunk_lines,
+    write_chunk_bytes,
 )
 from stylus_docs.crawl.state import CrawlState, FailureLog, SeenIds, seen_ids
 from stylus_docs.errors import FatalError, SkipRecord
@@ -253,20 +255,37 @@ class CivitaiCrawler(_Crawler):
         buffer: list[dict[str, Any]] = []
         seen_cursors: set[str] = set()
         bar = _bar(self.cfg, f"models {key}", "model")
+        # Without --limit every page up to the last one is fetched anyway, so the next page is asked for
+        # as soon as its cursor is known: its round trip overlaps the work on this one.
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listing") if self.cfg.limit is None \
+            else None
+        pending: Future | None = None
         try:
             while True:
                 if self.seen.full:
                     yield from self._commit(key, buffer, None, limited=True)
                     return
                 try:
-                    page = self.source.fetch_page(params, cursor)
+                    page = pending.result() if pending is not None else self.source.fetch_page(params, cursor)
                 except SkipRecord as exc:  # HttpFailure (spent retries, 4xx) or a malformed page
                     yield from self._commit(key, buffer, cursor, done=False)
                     self.listing_failed(key, exc, cursor)
                     return
+                pending = None
+                nxt = page.next
+                if nxt is not None and nxt in seen_cursors:
+                    self.fail("listing", key, "cursor_loop", f"cursor {nxt[:60]!r} repeated")
+                    nxt = None
+                if nxt is not None:
+                    seen_cursors.add(nxt)
+                    if ahead is not None:
+                        pending = ahead.submit(self.source.fetch_page, params, nxt)
+                # One pass over the whole page vouches for its items; the per-item check runs only on a
+                # page that may hold a hostile item (safe_json.all_clean).
+                clean = safe_json.all_clean(page.items)
                 for item in page.items:
                     try:
-                        mid = civitai.model_id(item)
+                        mid = civitai.model_id(item, checked=clean)
                     except SkipRecord as exc:
                         self.fail("model", _listed_id(item, "id"), exc.reason, exc.detail)
                         continue
@@ -274,12 +293,6 @@ class CivitaiCrawler(_Crawler):
                         buffer.append(item)
                         if bar is not None:
                             bar.update(1)
-                nxt = page.next
-                if nxt is not None and nxt in seen_cursors:
-                    self.fail("listing", key, "cursor_loop", f"cursor {nxt[:60]!r} repeated")
-                    nxt = None
-                if nxt is not None:
-                    seen_cursors.add(nxt)
                 if nxt is None or len(buffer) >= self.cfg.models_per_chunk:
                     yield from self._commit(key, buffer, nxt, done=nxt is None)
                     buffer = []
@@ -287,26 +300,30 @@ class CivitaiCrawler(_Crawler):
                     return
                 cursor = nxt
         finally:
+            if ahead is not None:
+                ahead.shutdown(wait=True)  # an unused look-ahead (the crawl stopped early) is one request
             if bar is not None:
                 bar.close()
 
     def _commit(self, key: str, items: list[dict[str, Any]], cursor: str | None, done: bool = True,
                 limited: bool = False) -> Iterator[tuple[int, int, str]]:
+        host = self.cfg.host_url
         for item in items:
-            item["_host"] = self.cfg.host_url
+            item["_host"] = host
+        listed = [digests.listed_model(item) for item in items]
         if items:
-            write_chunk(self.out / "civitai", "models", items)
+            digests.remember_models(write_chunk(self.out / "civitai", "models", items), listed)
         fields: dict[str, Any] = {"cursor": cursor, "done": done, "add_models": len(items)}
         if done:
             fields["failed"] = None
         if limited:
             fields["limited"] = True
         self.state.update_partition(key, **fields)
-        for item in items:
-            _, problems = civitai.version_ids(item)
-            for problem in problems:
-                self.fail("version", None, "invalid_item", problem)
-            for vid, fingerprint in delta.version_fingerprints(item).items():
+        for item, entry in zip(items, listed, strict=True):
+            if entry.unusable_versions:
+                for problem in civitai.version_ids(item)[1]:
+                    self.fail("version", None, "invalid_item", problem)
+            for vid, fingerprint in entry.versions.items():
                 yield item["id"], vid, fingerprint
 
     def fetch_version(self, model_id: int, version_id: int) -> dict[str, Any] | None:
@@ -384,35 +401,95 @@ class VersionCarrier:
     def carry(self, path: str, unchanged: Mapping[int, Any]) -> Iterator[int]:
         """Carry the records of one old ``versions`` chunk whose ids are in ``unchanged``.
 
+        A gzip member of the old chunk all of whose lines are carried as they are is copied without
+        being decompressed and compressed again (:func:`~stylus_docs.crawl.snapshot.iter_chunk_members`);
+        the other carried lines are compressed into new members.
+
         Yields:
             the ids carried, once their chunk is published.
         """
-        ids: list[int] = []
-        lines: list[bytes] = []
-        for line in iter_chunk_lines(path):
-            vid, found = delta.carry_line(line, self._suffix)
-            if vid is None or vid in self.done or vid not in unchanged:
-                continue
-            if isinstance(found, dict):
-                found["_host"] = self.cfg.host_url
-                try:
-                    found = encode_record(found)
-                except UnsafeRecord:
-                    continue  # not carried: NotCarried sends it to be fetched
-            self.done.add(vid)
-            ids.append(vid)
-            lines.append(found)
-            if len(lines) >= self.cfg.versions_per_chunk:
-                yield from self._commit(ids, lines)
-                ids, lines = [], []
-        yield from self._commit(ids, lines)
+        out = _CarriedChunk()
+        # The old chunk's counts (its index, or decoded once) travel with the lines copied byte for byte.
+        old = digests.versions(path)
+        i = -1
+        for member, member_lines in iter_chunk_members(path):
+            taken: list[tuple[int, bytes, digests.VersionEntry | None]] = []
+            verbatim = member is not None
+            for line in member_lines:
+                i += 1
+                vid, found = delta.carry_line(line, self._suffix)
+                if vid is None or vid in self.done or vid not in unchanged:
+                    verbatim = False
+                    continue
+                if isinstance(found, dict):
+                    verbatim = False
+                    found["_host"] = self.cfg.host_url
+                    entry = digests.version_entry(found)
+                    try:
+                        found = encode_record(found)
+                    except UnsafeRecord:
+                        continue  # not carried: NotCarried sends it to be fetched
+                elif i < len(old) and old[i] is not None and old[i].id == vid:
+                    entry = old[i]
+                else:
+                    entry = digests.version_entry(json.loads(found))
+                self.done.add(vid)
+                taken.append((vid, found, entry))
+            # A member left small by earlier nights' changes is compressed again with its neighbours, so
+            # members stay at MEMBER_LINES / 2 lines or more (at most 4 % larger files than one member).
+            if (verbatim and len(taken) >= MEMBER_LINES // 2
+                    and out.count + len(taken) <= self.cfg.versions_per_chunk):
+                out.add_member(member, taken)
+            else:
+                for one in taken:
+                    out.add_member(None, [one])
+                    if out.count >= self.cfg.versions_per_chunk:
+                        yield from self._commit(out)
+                        out = _CarriedChunk()
+            if out.count >= self.cfg.versions_per_chunk:
+                yield from self._commit(out)
+                out = _CarriedChunk()
+        yield from self._commit(out)
 
-    def _commit(self, ids: list[int], lines: list[bytes]) -> list[int]:
-        if not lines:
+    def _commit(self, out: _CarriedChunk) -> list[int]:
+        if not out.count:
             return []
-        self.ledger.record(ids)
-        write_chunk_lines(self.root, "versions", lines)
-        return ids
+        self.ledger.record(out.ids)
+        digests.remember_versions(write_chunk_bytes(self.root, "versions", out.data()), out.entries)
+        return out.ids
+
+
+class _CarriedChunk:
+    """The next ``versions`` chunk of a :class:`VersionCarrier`: old gzip members and lines to compress."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.pending: list[bytes] = []
+        self.ids: list[int] = []
+        self.entries: list[digests.VersionEntry | None] = []
+        self.count = 0
+
+    def add_member(self, member: bytes | None, taken: list[tuple[int, bytes, Any]]) -> None:
+        """Add lines ``taken`` (``(id, line, entry)``), with ``member`` their old gzip member when they are
+        exactly its lines (copied as it is), else None (compressed later)."""
+        if member is not None:
+            self._flush()
+            self.pieces.append(member)
+        else:
+            self.pending.extend(line for _, line, _ in taken)
+        self.ids.extend(vid for vid, _, _ in taken)
+        self.entries.extend(entry for _, _, entry in taken)
+        self.count += len(taken)
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.pieces.append(gzip_lines(self.pending))
+            self.pending = []
+
+    def data(self) -> bytes:
+        """The chunk's bytes."""
+        self._flush()
+        return b"".join(self.pieces)
 
 
 class VersionFetcher:
@@ -459,7 +536,8 @@ class VersionFetcher:
         written = 0
         while len(self.ready) >= size or (wait and self.ready):
             chunk, self.ready = self.ready[:size], self.ready[size:]
-            write_chunk(self.crawler.out / "civitai", "versions", chunk)
+            path = write_chunk(self.crawler.out / "civitai", "versions", chunk)
+            digests.remember_versions(path, map(digests.version_entry, chunk))
             written += len(chunk)
         self.written += written
         return written
@@ -475,7 +553,8 @@ class VersionFetcher:
 
 def committed_version_ids(out: str | Path) -> set[int]:
     """Ids of version records in committed ``civitai/versions-*`` chunks."""
-    return {r.get("id") for r in iter_chunk_records(Path(out) / "civitai", "versions") if isinstance(r, dict)}
+    return {entry.id for path in committed_chunks(Path(out) / "civitai", "versions")
+            for entry in digests.versions(path) if entry is not None}
 
 
 def pending_versions(out: str | Path, done: set[int] | None = None) -> list[tuple[int, int, str]]:
@@ -487,10 +566,11 @@ def pending_versions(out: str | Path, done: set[int] | None = None) -> list[tupl
     """
     done = committed_version_ids(out) if done is None else done
     todo: dict[int, tuple[int, str]] = {}
-    for item in iter_chunk_records(Path(out) / "civitai", "models"):
-        for vid, fingerprint in delta.version_fingerprints(item).items():
-            if vid not in done:
-                todo.setdefault(vid, (item["id"], fingerprint))
+    for path in committed_chunks(Path(out) / "civitai", "models"):
+        for entry in digests.models(path):
+            for vid, fingerprint in entry.versions.items():
+                if vid not in done:
+                    todo.setdefault(vid, (entry.id, fingerprint))
     return [(mid, vid, fp) for vid, (mid, fp) in sorted(todo.items())]
 
 
@@ -544,9 +624,10 @@ class HfCrawler(_Crawler):
                     self.listing_failed(key, exc, next_url)
                     break
                 fresh = []
+                clean = safe_json.all_clean(page.items)
                 for item in page.items:
                     try:
-                        rid = huggingface.repo_id(item)
+                        rid = huggingface.repo_id(item, checked=clean)
                     except SkipRecord as exc:
                         self.fail("model", _listed_id(item, "id", "modelId"), exc.reason, exc.detail)
                         continue

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from stylus_docs.atomic import atomic_write_text
+from stylus_docs.crawl import digests
 from stylus_docs.crawl.snapshot import committed_chunks, iter_chunk_records
 from stylus_docs.crawl.state import CrawlState
 
@@ -29,14 +30,18 @@ def snapshot_totals(out: str | Path, source: str, record_ids: set[Any] | None = 
     root = Path(out) / source
     totals: dict[str, Any] = {"chunks": len(committed_chunks(root, "models"))}
     if source == "civitai":
-        ids = [r.get("id") for r in iter_chunk_records(root, "models")]
+        # Through the chunks' digests (crawl.digests): chunks are not decoded again for this.
+        ids = [entry.id for path in committed_chunks(root, "models") for entry in digests.models(path)]
         versions = images = version_images = 0
-        for rec in iter_chunk_records(root, "versions"):
-            versions += 1
-            if record_ids is not None and isinstance(rec, dict):
-                record_ids.add(rec.get("id"))
-            images += len(rec.get("_images") or [])
-            version_images += len(rec.get("images") or [])
+        for path in committed_chunks(root, "versions"):
+            for entry in digests.versions(path):
+                versions += 1
+                if entry is None:
+                    continue
+                if record_ids is not None:
+                    record_ids.add(entry.id)
+                images += entry.images
+                version_images += entry.version_images
         totals.update(models=len(ids), unique_models=len(set(ids)), versions=versions, images=images,
                       version_images=version_images,
                       chunks=totals["chunks"] + len(committed_chunks(root, "versions")))

@@ -29,10 +29,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from stylus_docs.crawl import delta
-from stylus_docs.crawl.snapshot import committed_chunks, iter_chunk_records, write_chunk
+from stylus_docs.crawl import delta, digests
+from stylus_docs.crawl.snapshot import committed_chunks, iter_chunk_records, records_with_ids, write_chunk
 from stylus_docs.crawl.state import CrawlState, read_failures
-from stylus_docs.sources import civitai
 
 logger = logging.getLogger(__name__)
 
@@ -171,14 +170,18 @@ def finish_crawl(cfg: Any, previous: delta.PreviousSnapshot | None, record_ids: 
 
 def _civitai(cfg: Any, root: Path, previous: delta.PreviousSnapshot | None, writer: _Writer,
              refused: set[Any], count_only: bool) -> dict[str, Any]:
-    """Compare the listings model by model; tombstones for absent models and removed versions."""
+    """Compare the listings model by model; tombstones for absent models and removed versions.
+
+    The listings are compared through their chunks' digests (:mod:`~stylus_docs.crawl.digests`: known
+    already when this process crawled or fingerprinted them); only the old records that become
+    tombstones are decoded.
+    """
     now: dict[int, tuple[str, dict[int, str], bool]] = {}
-    for item in iter_chunk_records(root, "models"):
-        mid = _int_id(item.get("id")) if isinstance(item, dict) else None
+    for entry in _listed(root):
+        mid = _int_id(entry.id)
         if mid is None:
             continue
-        _, problems = civitai.version_ids(item)
-        now[mid] = (delta.model_fingerprint(item), delta.version_fingerprints(item), bool(problems))
+        now[mid] = (entry.fingerprint, entry.versions, entry.unusable_versions)
     listed_versions = {vid for _, fps, _ in now.values() for vid in fps}
     out = {"models": len(now), "models_new": len(now), "models_changed": 0, "models_absent": 0,
            "versions_listed": len(listed_versions), "versions_changed": 0, "versions_absent": 0,
@@ -187,23 +190,23 @@ def _civitai(cfg: Any, root: Path, previous: delta.PreviousSnapshot | None, writ
         return out
     old_models: set[int] = set()
     old_present: set[int] = set()
+    absent_models: list[int] = []
     removed_versions: dict[int, int] = {}
-    for item in iter_chunk_records(previous.root, "models"):
-        mid = _int_id(item.get("id")) if isinstance(item, dict) else None
+    for entry in _listed(previous.root):
+        mid = _int_id(entry.id)
         if mid is None or mid in old_models:
             continue
         old_models.add(mid)
-        fps = delta.version_fingerprints(item)
+        fps = entry.versions
         current = now.get(mid)
         if current is None:
             if mid in refused:
                 continue
             out["models_absent"] += 1
-            if not count_only:
-                writer.add(_stone(previous, "model", mid, None, ABSENT, item))
+            absent_models.append(mid)
             continue
         model_fp, new_fps, unusable_versions = current
-        model_changed = model_fp != delta.model_fingerprint(item)
+        model_changed = model_fp != entry.fingerprint
         out["models_changed"] += model_changed
         for vid, fp in fps.items():
             if vid in listed_versions:
@@ -219,12 +222,12 @@ def _civitai(cfg: Any, root: Path, previous: delta.PreviousSnapshot | None, writ
     out["versions_absent"] = len(removed_versions)
     if count_only:
         return out
+    if absent_models:
+        items = records_with_ids(previous.root, "models", set(absent_models))
+        for mid in absent_models:
+            writer.add(_stone(previous, "model", mid, None, ABSENT, items.get(mid)))
     if removed_versions:
-        records: dict[int, Any] = {}
-        for record in iter_chunk_records(previous.root, "versions"):
-            vid = _int_id(record.get("id")) if isinstance(record, dict) else None
-            if vid in removed_versions and vid not in records:
-                records[vid] = record
+        records = records_with_ids(previous.root, "versions", set(removed_versions))
         for vid, mid in sorted(removed_versions.items()):
             writer.add(_stone(previous, "version", vid, mid, VERSION_REMOVED, records.get(vid)))
     for stone in iter_chunk_records(previous.root, PREFIX):
@@ -236,6 +239,11 @@ def _civitai(cfg: Any, root: Path, previous: delta.PreviousSnapshot | None, writ
         elif stone.get("kind") == "version" and ident is not None and ident not in listed_versions:
             writer.add(stone, carried=True)
     return out
+
+
+def _listed(root: Path) -> list[digests.ListedModel]:
+    """The digests of every item of the ``models`` chunks under ``root``, in chunk order."""
+    return [entry for path in committed_chunks(root, "models") for entry in digests.models(path)]
 
 
 def _hf(root: Path, previous: delta.PreviousSnapshot | None, writer: _Writer, refused: set[Any],

@@ -108,8 +108,11 @@ def partition_key(partition: dict[str, str | None]) -> str:
     return f"type={partition.get('type') or '*'}|base={partition.get('base_model') or '*'}"
 
 
-def model_id(item: Any) -> int:
+def model_id(item: Any, checked: bool = False) -> int:
     """Validate one ``/api/v1/models`` item enough to store it; return its model id.
+
+    ``checked``: the item is known to pass :func:`stylus_docs.safe_json.find_problem` (its page passed
+    :func:`~stylus_docs.safe_json.all_clean`), so it is not walked again.
 
     Raises:
         SkipRecord: ``invalid_item`` when the item is not an object, has no integer id, or its
@@ -122,7 +125,7 @@ def model_id(item: Any) -> int:
     mid = item.get("id")
     if isinstance(mid, bool) or not isinstance(mid, int) or mid <= 0:
         raise SkipRecord("invalid_item", f"missing or non-integer model id: {str(mid)[:40]!r}")
-    problem = safe_json.find_problem(item)
+    problem = None if checked else safe_json.find_problem(item)
     if problem is not None:
         # Stored as is, this item would be a snapshot line the build cannot read back (safe_json).
         raise SkipRecord(problem[0], f"model {mid}: {problem[1]}")

@@ -57,8 +57,11 @@ class HfQuery:
         return pairs
 
 
-def repo_id(item: Any) -> str:
+def repo_id(item: Any, checked: bool = False) -> str:
     """Validate one listing item; return its ``owner/name`` repo id.
+
+    ``checked``: the item is known to pass :func:`stylus_docs.safe_json.find_problem` (its page passed
+    :func:`~stylus_docs.safe_json.all_clean`), so it is not walked again.
 
     Raises:
         SkipRecord: ``invalid_item`` for a non-object or a missing/malformed id; ``too_deep``,
@@ -69,7 +72,7 @@ def repo_id(item: Any) -> str:
     rid = item.get("id", item.get("modelId"))
     if not isinstance(rid, str) or not _REPO_ID.match(rid) or ".." in rid:
         raise SkipRecord("invalid_item", f"missing or malformed repo id: {str(rid)[:60]!r}")
-    problem = safe_json.find_problem(item)
+    problem = None if checked else safe_json.find_problem(item)
     if problem is not None:
         raise SkipRecord(problem[0], f"{rid}: {problem[1]}")
     return rid
