@@ -320,3 +320,15 @@ def test_corrupt_state_json_through_the_console_script_prints_no_traceback(tmp_p
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert str(state) in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"a":"\xed\xa0\x80"}', '["\\ud800"]'.encode("utf-16-le")],
+    ids=["utf8-encoded-surrogate", "utf16-lone-surrogate"],
+)
+def test_safe_json_refuses_surrogates_in_bytes(raw: bytes) -> None:
+    from stylus_docs import safe_json
+
+    with pytest.raises(safe_json.UnsafeJSON):
+        safe_json.loads(raw)
