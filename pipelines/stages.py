@@ -822,6 +822,17 @@ def render_input(card: AdapterCard) -> dict[str, Any]:
     return out
 
 
+def _set_weights_columns(card: AdapterCard, path: str) -> None:
+    """The weights file's format facts (header only, see :mod:`stylus_docs.formats`) as card columns."""
+    from stylus_docs import formats
+
+    fmt = formats.inspect_file(path)
+    card.weights_format, card.weights_convention = fmt.format, fmt.convention
+    card.weights_rank, card.weights_base_family = fmt.rank, fmt.base_family
+    card.weights_loadable = fmt.loadable
+    card.weights_reason = redact(fmt.reason)[:500] if fmt.reason else None
+
+
 class _DownloadStep:
     """Fetch each card's weights into the content-addressed cache (SHA-256 verified, safetensors only).
 
@@ -841,6 +852,8 @@ class _DownloadStep:
         try:
             card.weights_path = str(self.cache.fetch(card.card_dict()))
             yield Event("downloaded/ok")
+            _set_weights_columns(card, card.weights_path)
+            yield Event(f"weights_format/{card.weights_format}")
         except SkipRecord as exc:
             card.render_status = "download_failed"
             card.render_error = redact(f"{exc.reason}: {exc.detail}")[:500]

@@ -144,6 +144,13 @@ class AdapterCard:
     render_error: str | None = None
     render_load_s: float | None = None
     render_s: float | None = None
+    # What the downloaded weights file is (stylus_docs.formats); None when the weights were not downloaded.
+    weights_format: str | None = None
+    weights_convention: str | None = None
+    weights_rank: int | None = None
+    weights_base_family: str | None = None
+    weights_loadable: bool | None = None
+    weights_reason: str | None = None
     #: Local path of the verified weights (download stage → render stage); not a column.
     weights_path: str | None = None
 
@@ -213,7 +220,12 @@ _ROW_FIELDS = (
     "trigger_words description refined_description category recommended_weight nsfw nsfw_level creator "
     "downloads likes rating license_commercial allow_no_credit allow_derivatives file_name file_size_kb "
     "sha256 download_url published_at card_url source_host content_hash refiner embedder embedding "
-    "render_status render_error render_load_s render_s deleted"
+    "render_status render_error render_load_s render_s weights_format weights_convention weights_rank "
+    "weights_base_family weights_loadable weights_reason deleted"
+).split()
+#: Adapters-table columns set from the weights file's header by the download stage (see formats.py).
+WEIGHTS_COLUMNS = (
+    "weights_format weights_convention weights_rank weights_base_family weights_loadable weights_reason"
 ).split()
 
 

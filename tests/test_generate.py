@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import json
 import shutil
+import socket
 import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -384,3 +385,31 @@ def test_fused_batches_leave_the_base_weights_bit_exact(world, run, tmp_path):
     for c in ("unet", "text_encoder"):
         for k, v in getattr(loaded.pipe, c).state_dict().items():
             assert torch.equal(v, before[f"{c}.{k}"]), f"{c}.{k}"
+
+
+def test_generate_local_uses_linked_files_without_downloading(tiny, tmp_path, capsys):
+    """`link` a folder holding the tiny LoRA, then `generate --local DIR`: the file is used where it lies.
+
+    The release's download URL points at a port nobody listens on and the adapters cache stays empty, so
+    a download attempt would fail the adapter (and leave a cache entry if it somehow succeeded).
+    """
+    lib = tmp_path / "my-loras"
+    lib.mkdir()
+    shutil.copy(tiny.lora_diffusers, lib / "corgi-style.safetensors")
+    docs = tmp_path / "docs"
+    with socket.socket() as s:  # a free port, closed again: connections to it are refused
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    write_release(docs, _rows(tiny, dead))
+    assert cli.main(["link", "--docs", str(docs), str(lib)]) == 0
+    cache = tmp_path / "cache"
+    capsys.readouterr()
+    argv = ["generate", "a corgi", "--docs", str(docs), "--pipeline", str(tiny.pipeline),
+            "--out", str(tmp_path / "out"), "--num-images", "1", "--adapters-dir", str(cache),
+            "--local", str(lib), *FAST]  # fmt: skip
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["local_adapters_used"] >= 1
+    car = json.loads(next((tmp_path / "out").rglob("stylus/*.json")).read_text())
+    assert [a["adapter_id"] for a in car["adapters"]] == [CORGI]  # only the linked adapter is composed
+    assert not list(cache.rglob("*.safetensors")), "nothing may be downloaded or copied into the cache"

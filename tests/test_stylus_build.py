@@ -19,6 +19,7 @@ import pytest
 from build_fixtures import model_2023, snapshot
 from download_server import FileServer
 from fakes.openai_server import Answer, start_fake_openai, stop, title_of, valid
+from test_formats import make_files
 from tiny_models import get_tiny_models
 
 from stylus_docs import release
@@ -47,14 +48,16 @@ def _item(mid: int, title: str, lora: Path | None, server: FileServer) -> dict:
 @pytest.fixture(scope="module")
 def built(tiny, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("stylus")
+    loha = make_files(tmp_path_factory.mktemp("formats"))["loha"]
     with FileServer() as files:
-        for path in (tiny.lora_diffusers, tiny.lora_kohya, tiny.lora_broken):
+        for path in (tiny.lora_diffusers, tiny.lora_kohya, tiny.lora_broken, loha):
             files.files[path.name] = path.read_bytes()
         items = [
             _item(1, "Ink diffusers", tiny.lora_diffusers, files),
             _item(2, "Ink kohya", tiny.lora_kohya, files),
             _item(3, "Ink broken", tiny.lora_broken, files),
             _item(4, "Ink missing", None, files),
+            _item(5, "Ink loha", loha, files),
         ]
         raw = snapshot(tmp / "raw", copy.deepcopy(items))
         requests: dict[str, dict] = {}
@@ -97,7 +100,8 @@ def test_render_statuses_and_columns_round_trip(built: dict) -> None:
     ok = a["Ink diffusers"]
     assert ok["render_load_s"] > 0 and ok["render_s"] > 0 and ok["render_error"] is None
     counts = built["manifest"]["counts"]
-    assert counts["rendered"] == {"download_failed": 1, "load_failed": 1, "ok": 2}
+    assert counts["rendered"] == {"download_failed": 1, "load_failed": 1, "ok": 2, "unsupported_format": 1}
+    assert a["Ink loha"]["render_status"] == "unsupported_format" and "loha" in a["Ink loha"]["render_error"]
     assert counts["input"] == counts["written"] + sum(counts["filtered"].values()) + sum(
         counts["dead_letter"].values()
     )
@@ -105,6 +109,24 @@ def test_render_statuses_and_columns_round_trip(built: dict) -> None:
     shard = release.table_files(built["build"], built["manifest"], "adapters")[0]
     schema = pq.read_schema(shard)
     assert str(schema.field("render_load_s").type) == "double" and "render_error" in schema.names
+
+
+def test_weights_format_columns(built: dict) -> None:
+    """The download stage's header facts (stylus-docs inspect) are adapters-table columns."""
+    a = built["adapters"]
+    lora = a["Ink kohya"]
+    assert (lora["weights_format"], lora["weights_convention"], lora["weights_loadable"]) == ("lora", "kohya", True)
+    assert lora["weights_rank"] and lora["weights_rank"] > 0 and lora["weights_reason"] is None
+    assert a["Ink diffusers"]["weights_convention"] == "diffusers"
+    loha = a["Ink loha"]
+    assert (loha["weights_format"], loha["weights_loadable"], loha["weights_rank"]) == ("loha", False, 4)
+    assert loha["weights_base_family"] == "SD 1.5" and "LoHa" in loha["weights_reason"]
+    missing = a["Ink missing"]  # never downloaded: no facts rather than guesses
+    assert missing["weights_format"] is None and missing["weights_loadable"] is None
+    counts = built["manifest"]["counts"]["weights_format"]
+    assert counts["loha"] == 1 and counts["lora"] == 3 and sum(counts.values()) == 4
+    schema = pq.read_schema(release.table_files(built["build"], built["manifest"], "adapters")[0])
+    assert str(schema.field("weights_rank").type) == "int32" and str(schema.field("weights_loadable").type) == "bool"
 
 
 def test_every_ok_render_reached_the_vlm_request(built: dict) -> None:

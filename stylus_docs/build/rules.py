@@ -16,7 +16,7 @@ from typing import Any
 from stylus_docs.errors import FatalError
 from stylus_docs.normalize import civitai
 from stylus_docs.normalize.base_models import family
-from stylus_docs.records import NOT_RENDERED, AdapterCard, Refinement
+from stylus_docs.records import NOT_RENDERED, WEIGHTS_COLUMNS, AdapterCard, Refinement
 
 # --------------------------------------------------------------------------------------------- merge
 #: Tags of the records :func:`merge_versions` folds: input listing cards and version details, and the
@@ -112,7 +112,7 @@ def reuse_decision(card: AdapterCard, prev: dict[str, Any] | None, refiner_id: s
         return REFINE
     card.apply_refinement(Refinement(prev["refined_description"], prev["category"],
                                      prev["recommended_weight"], prev["refiner"]))  # fmt: skip
-    for name in ("render_status", "render_error", "render_load_s", "render_s"):
+    for name in ("render_status", "render_error", "render_load_s", "render_s", *WEIGHTS_COLUMNS):
         if name in prev and hasattr(card, name):
             setattr(card, name, prev[name])
     if prev.get("embedder") == embedder_id and prev.get("embedding") is not None:
@@ -152,6 +152,9 @@ def counts(stats: dict[str, int], files: list[dict[str, Any]]) -> dict[str, Any]
     rendered = group("rendered")
     if rendered:
         out["rendered"] = rendered
+    weights = group("weights_format")
+    if weights:
+        out["weights_format"] = weights
     usage = group("refine_usage")
     if usage or stats.get("refine_deferred"):
         out["refine_usage"] = {**usage, "deferred": stats.get("refine_deferred", 0)}
@@ -271,6 +274,8 @@ def summary(manifest: dict[str, Any]) -> str:
         lines.append(f"  unknown base models ({len(unknown)}, in no known family, kept as is): {shown}")
     if c.get("rendered"):
         lines.append(f"  rendered: {json.dumps(c['rendered'], sort_keys=True)}")
+    if c.get("weights_format"):
+        lines.append(f"  weights formats: {json.dumps(c['weights_format'], sort_keys=True)}")
     if c.get("refine_usage"):
         lines.append(f"  refine usage: {json.dumps(c['refine_usage'], sort_keys=True)}")
     if manifest.get("stage_seconds"):

@@ -213,12 +213,17 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                 "composition was made on build %s, generating with build %s", built, composer.build_id
             )
     loaded = load_pipeline(args.pipeline, device=args.device, dtype=args.dtype)
-    store = AdapterStore(args.adapters_dir or default_adapters_dir(), download=not args.no_download)
+    # With --local the composer only picks linked adapters, and their files are used where they lie.
+    store = AdapterStore(
+        args.adapters_dir or default_adapters_dir(), download=not args.no_download, local=composer.local
+    )
     generator = StylusGenerator(loaded, composer.source.cards, store, composer.build_id)
 
     def progress(prompt: str, status: str) -> None:
         print(f"{status}\t{prompt}", file=sys.stderr)
 
     counts = run_prompts(prompts, composer.compose, generator, settings, args.out, compositions, progress)
+    if composer.local is not None:
+        counts["local_adapters_used"] = store.local_hits
     print(json.dumps({"out": str(args.out), **counts}))
     return 0

@@ -26,14 +26,24 @@ class AdapterStore:
         root: the cache directory (``--adapters-dir``, ``RenderConfig.cache_dir``).
         download: fetch missing files from the card's ``download_url`` (otherwise skip them).
         config: download settings (retries, deadlines, size limit).
+        local: ``{adapter_id: file}`` of the user's own library (:func:`stylus_docs.library.local_weights`,
+            ``--local DIR``): used in place, never copied or downloaded. ``stylus-docs link`` hashed each
+            file and ``local_weights`` drops any whose size or mtime changed since, so that hash is the
+            one SHA-256 check.
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], download: bool = True, config: DownloadConfig | None = None
+        self,
+        root: str | os.PathLike[str],
+        download: bool = True,
+        config: DownloadConfig | None = None,
+        local: Mapping[str, Path] | None = None,
     ) -> None:
         self.root = Path(root).expanduser()
         self.cache = AdapterCache(self.root, config)
         self.download = download
+        self.local = dict(local or {})
+        self.local_hits = 0  # adapters served from the user's library (reported by generate)
 
     def path(self, card: Mapping[str, Any], verified: str | os.PathLike[str] | None = None) -> Path:
         """The verified local file of ``card``'s adapter.
@@ -48,6 +58,11 @@ class AdapterStore:
         """
         if verified:
             return Path(verified)
+        linked = self.local.get(str(card.get("adapter_id") or ""))
+        if linked is not None:
+            refuse_unsafe_format(linked.name)
+            self.local_hits += 1
+            return linked
         file_name = str(card.get("file_name") or "")
         if file_name:
             refuse_unsafe_format(file_name)
