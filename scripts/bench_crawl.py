@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+from _scriptlib import replay_server  # noqa: E402 - scripts/ is on sys.path
+
 SHARED = ROOT.parent / "shared" / "data" / "civitai-2023"
 sys.path.insert(0, str(ROOT))
 
@@ -28,15 +29,8 @@ from pipelines.crawl import (  # noqa: E402
 )
 
 
-def _server_module():
-    spec = importlib.util.spec_from_file_location("replay_server", ROOT / "scripts" / "replay_server.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def crawl_once(models_file: Path, out: Path, fault_rate: float, concurrency: int) -> dict:
-    server, url = _server_module().start_server(civitai_models=models_file, era=2023, latency_ms=50,
+    server, url = replay_server().start_server(civitai_models=models_file, era=2023, latency_ms=50,
                                                 fault_rate=fault_rate, seed=1, retry_after=0)
     try:
         parser = argparse.ArgumentParser()

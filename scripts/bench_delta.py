@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -39,24 +37,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+from _scriptlib import free_port, replay_server  # noqa: E402 - scripts/ is on sys.path
+
 SHARED = ROOT.parent / "shared" / "data" / "civitai-2023"
 DEFAULT_MODELS = SHARED / "lora_normal.dev.jsonl.gz"
 sys.path.insert(0, str(ROOT))
-
-
-def _server_module() -> Any:
-    spec = importlib.util.spec_from_file_location("replay_server", ROOT / "scripts" / "replay_server.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port() -> int:
-    """A loopback port free now; every day's server listens on it (the API keeps its URL)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rebuild_day(replay: Any, work: Path, docs: Path, port: int, crawl_flags: list[str],
@@ -183,7 +168,7 @@ def main() -> int:
         print(f"bench_delta: {args.models} not found (../shared/data absent); skipped", file=sys.stderr)
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    replay = _server_module()
+    replay = replay_server()
     server = {"civitai_models": args.models, "era": 2023, "latency_ms": 50}
     crawl_flags: list[str] = []
     load_start = os.getloadavg()[0]

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -39,16 +37,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+from _scriptlib import free_port, load_module, replay_server  # noqa: E402 - scripts/ is on sys.path
+
 CLI = [sys.executable, "-m", "stylus_docs.cli"]
-
-
-def _load(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(args: list[str], env: dict[str, str]) -> None:
@@ -119,12 +110,6 @@ def local_corpus(data: Path, out: Path, models: Path, image_base: str) -> Path:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def vlm_answer(path: str, body: dict[str, Any]) -> Any:
     """The fake VLM: a valid refinement saying what it was shown (renders and examples counted)."""
     fake = sys.modules["fake_openai_server"]
@@ -160,7 +145,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
 
-    tiny_maker = _load("make_tiny_models", ROOT / "scripts" / "make_tiny_models.py")
+    tiny_maker = load_module("make_tiny_models", ROOT / "scripts" / "make_tiny_models.py")
     tiny_json = tiny_dir / "tiny_models.json"
     if tiny_json.is_file():
         tiny = json.loads(tiny_json.read_text())
@@ -176,8 +161,8 @@ def main() -> int:
     n = with_tiny_weights(Path(args.data) / "civitai" / "models.jsonl", models, weights_url, loras)
     print(f"+ {n} sample versions point at the tiny LoRA files on {weights_url}", flush=True)
 
-    replay = _load("replay_server", ROOT / "scripts" / "replay_server.py")
-    fake = _load("fake_openai_server", ROOT / "tests" / "fakes" / "openai_server.py")
+    replay = replay_server()
+    fake = load_module("fake_openai_server", ROOT / "tests" / "fakes" / "openai_server.py")
     port = free_port()
     api_host = f"127.0.0.1:{port}"
     corpus = local_corpus(Path(args.data), out / "corpus", models, f"http://{api_host}")

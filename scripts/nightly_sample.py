@@ -14,33 +14,18 @@ The replay server listens on one fixed loopback port for all three, as a real AP
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+from _scriptlib import free_port, replay_server  # noqa: E402 - scripts/ is on sys.path
+
 CLI = [sys.executable, "-m", "stylus_docs.cli"]
-
-
-def _load_replay_server() -> Any:
-    spec = importlib.util.spec_from_file_location("replay_server", ROOT / "scripts" / "replay_server.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port() -> int:
-    """A loopback port free right now (the replay servers of the three runs reuse it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_day(label: str, replay: Any, port: int, work: Path, docs: Path, data: str,
@@ -87,7 +72,7 @@ def main() -> int:
     if out.exists():  # three days from scratch each time: the point is to see a first, a delta and a no-op
         shutil.rmtree(out)
     work, docs = out / "work", out / "docs"
-    replay = _load_replay_server()
+    replay = replay_server()
     port = free_port()
     days = [
         ("day 1", {}, 0),
