@@ -8,6 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help setup build stylus-sample nightly query test bench eval-retrieval eval-compose lint clean
+.PHONY: portable-sample
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -29,6 +30,9 @@ stylus-sample: setup ## the whole Stylus build on the sample on CPU: render (tin
 
 nightly: setup ## three scheduled `stylus-docs rebuild` runs on the sample: full, delta (a mutated next day), no-op
 	$(PY) scripts/nightly_sample.py --out $(OUT)/nightly
+
+portable-sample: setup ## the sample crawl + build through a loopback Beam job service + 2-worker SDK pool, vs in-process
+	$(PY) scripts/portable_sample.py --out $(OUT)/portable
 
 query: setup ## example query against the sample release built by `make build`
 	$(VENV)/bin/stylus-docs query "a graffiti of a corgi on the wall" --docs $(OUT)/docs -k 10

@@ -23,6 +23,7 @@ before it is an error). The flags are generated from :class:`stylus_docs.build.c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -36,7 +37,7 @@ import apache_beam as beam
 
 from pipelines import stages
 from stylus_docs import progress as stage_bars
-from stylus_docs import release, writer
+from stylus_docs import release, storage, writer
 from stylus_docs.beam_options import make_pipeline_options, split_beam_args
 from stylus_docs.build import rules
 from stylus_docs.build.config import BuildConfig, add_arguments, config_from_args
@@ -44,6 +45,7 @@ from stylus_docs.build.inputs import SnapshotExtras, load_extras
 from stylus_docs.embedding import EmbedderInfo, embedder_info
 from stylus_docs.errors import FatalError
 from stylus_docs.normalize.raw import RawFile, discover
+from stylus_docs.query import learned
 from stylus_docs.secrets import redact
 
 __all__ = [
@@ -115,10 +117,15 @@ def run_build(
 ) -> dict[str, Any]:
     """Run a whole build and publish it; return the manifest.
 
+    ``--raw``, ``--out`` and ``--previous`` may be object-store URLs (``s3://``, ``gs://``): see
+    :func:`_run_staged`.
+
     Raises:
         FatalError: bad inputs or configuration, or a failed stage. Nothing is published then; the
             unfinished build directory is removed and the previous release stays live.
     """
+    if any(storage.is_url(u) for u in [*config.raw, config.out, config.previous]):
+        return _run_staged(config, beam_args, runner)
     files = discover(config.raw)
     info = embedder_info(config.embedder, config.embedder_model)
     if config.previous:
@@ -134,6 +141,35 @@ def run_build(
         raise FatalError(f"cannot create release root {docs}: {exc.strerror}") from exc
     with release.build_lock(docs):
         return _run_locked(config, files, extras, info, docs, beam_args, runner)
+
+
+def _run_staged(config: BuildConfig, beam_args: Sequence[str], runner: str | None) -> dict[str, Any]:
+    """A build whose inputs or release root are on object storage.
+
+    ``--raw`` URLs are synced into persistent local staging copies, a ``--previous`` URL is resolved
+    through its ``CURRENT`` object into a verified local mirror (:func:`stylus_docs.storage.mirror_release`),
+    and with an ``--out`` URL the build runs into a local staging release root and is then published
+    on the store without a rename: uploaded under ``builds/<id>/`` (its manifest after its shards) and
+    the ``CURRENT`` object written last, so a reader resolving ``CURRENT`` never sees half a build.
+    """
+    raw = []
+    for path in config.raw:
+        if storage.is_url(path):
+            local = storage.staging_dir(path, "raw")
+            storage.sync_down(path, local)
+            path = str(local)
+        raw.append(path)
+    previous = config.previous
+    if storage.is_url(previous):
+        previous = str(release.resolve_build(str(previous)))
+    local_config = dataclasses.replace(config, raw=raw, previous=previous)
+    if not storage.is_url(config.out):
+        return run_build(local_config, beam_args, runner)
+    storage.check_reachable(config.out)
+    staging = storage.staging_dir(config.out, "out")
+    manifest = run_build(dataclasses.replace(local_config, out=str(staging)), beam_args, runner)
+    storage.publish_build(staging, str(manifest["build_id"]), config.out)
+    return manifest
 
 
 def _run_locked(config: BuildConfig, files: list[RawFile], extras: SnapshotExtras, info: EmbedderInfo,
@@ -165,6 +201,10 @@ def _run_locked(config: BuildConfig, files: list[RawFile], extras: SnapshotExtra
         file_list = rules.order_files(file_list)
         counts = rules.counts(stats, file_list)
         rules.check_publishable(counts, config.max_dead_letter_fraction)
+        # Learned fusion (issue 16): fitted on this build's own example prompts; listed and hashed.
+        learn_started = time.time()
+        file_list += learned.learn_build(build_dir, file_list, info.to_manifest(), config.previous)
+        timings = {**timings, "Learn": round(time.time() - learn_started, 3)}
         manifest = {
             "schema_version": release.SCHEMA_VERSION,
             "build_id": build_id,

@@ -5,15 +5,22 @@ Graph (Civitai)::
     Create(partitions) ─ Reshuffle ─ ListModels (DoFn: pages one partition sequentially, commits
                                       models-*.jsonl.gz chunks + its cursor in state.json, yields
                                       (model_id, version_id, fingerprint) of what it committed)
-    Create(pending)    ─ versions of models committed by an earlier (killed) run, not fetched yet
-         └──── Flatten ─ GroupByKey(version id) ─ Reshuffle ─ FetchVersions (DoFn: bounded thread
-               pool per bundle, writes versions-*.jsonl.gz chunks)
+                                   ├─ FetchListed (fused behind the listing: details are fetched while
+                                   │               the partition is still paged; writes versions-* chunks)
+                                   └─ DedupeModels (once listing is done: GroupByKey(model id) over every
+                                                    committed chunk; the copies two partitions listed are
+                                                    merged into one, see stylus_docs.crawl.dedupe)
+    Create(pending)    ─ Reshuffle ─ FetchPending (versions of models committed by a killed run)
+         FetchListed + FetchPending ─ DedupeVersions (GroupByKey(version id): one record each)
     Create(["enums"])  ─ FetchEnums (DoFn: /api/v1/enums → enums.json, once per crawl)
 
-A delta crawl (``--previous RAW_OLD``, carry-over allowed) joins the listing with the old one instead
-of the GroupByKey::
+No stage shares memory with another or with the driver: de-duplication is the keyed aggregation, so the
+snapshot holds each model and version once on any runner (in-process, multi-processing, portable).
 
-    (listed, pending) ─┐
+A delta crawl (``--previous RAW_OLD``, carry-over allowed) joins the listing with the old one (a
+CoGroupByKey by version id, so its fetches wait for the listing)::
+
+    (listed, pending) ─┐                        (DedupeModels as above)
     Create(old models chunks) ─ OldFingerprints ─ CoGroupByKey(version id) ─ Classify
         ├─ changed or new ─────────────────────────────────────────────┐
         └─ unchanged ─ AsDict ─▶ Create(old versions chunks) ─ CarryVersions (copies old records into
@@ -36,6 +43,7 @@ Default runner: the in-process FnApiRunner.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -50,8 +58,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
+from stylus_docs import storage
 from stylus_docs.beam_options import make_pipeline_options, split_beam_args
-from stylus_docs.crawl import delta, digests
+from stylus_docs.crawl import dedupe, delta, digests
 from stylus_docs.crawl.engine import (
     CivitaiCrawler,
     CrawlConfig,
@@ -114,9 +123,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _common(p: argparse.ArgumentParser, url_env: str) -> None:
-    p.add_argument("--out", required=True, type=Path, help="output directory (resumes when it holds a crawl)")
+    p.add_argument("--out", required=True,
+                   help="output directory or s3://bucket/prefix (resumes when it holds a crawl)")
     p.add_argument("--api-url", default=None, help=f"base URL without /api/v1 (env {url_env})")
-    p.add_argument("--previous", default=None, type=Path, metavar="RAW_OLD",
+    p.add_argument("--previous", default=None, metavar="RAW_OLD",
                    help="delta crawl: a complete earlier snapshot of the same source; details of unchanged "
                         "records are carried over from it, and what its listing had and this one lacks "
                         "is written as tombstones (complete listings only)")
@@ -225,8 +235,9 @@ class FetchCivitaiVersions(beam.DoFn, _MetricsMixin):
     def start_bundle(self) -> None:
         self.fetcher = VersionFetcher(self.crawler, self.done)
 
-    def process(self, ref: tuple[int, int]):
-        model_id, version_id = ref
+    def process(self, ref: tuple[int, ...]):
+        # (model_id, version_id), or a listing's (model_id, version_id, fingerprint)
+        model_id, version_id = ref[0], ref[1]
         self.fetcher.submit(model_id, version_id)
         self.fetcher.drain()
         return []
@@ -345,10 +356,44 @@ class ListHf(beam.DoFn, _MetricsMixin):
         self.crawler.client.close()
 
 
-def _first_model(kv: tuple[int, Any]) -> tuple[int, int]:
-    """``(model_id, version_id)`` of a version listed under one or more models (the lowest id wins)."""
-    version_id, refs = kv
-    return min(model_id for model_id, _ in refs), version_id
+class DedupeChunks(beam.PTransform):
+    """Once ``after`` is complete: every record id of the committed ``prefix`` chunks in ``directory``
+    grouped by id (a keyed aggregation), one copy kept (with ``merge``: the merge of the listings'
+    copies), the others dropped from their chunks.
+
+    This is what keeps a model listed by two partitions stored once on any runner: workers share no
+    registry, each partition commits what it lists, and the GroupByKey sees every copy (those of an
+    earlier, killed run included). See :mod:`stylus_docs.crawl.dedupe`.
+    """
+
+    def __init__(self, directory: str, prefix: str, merge: bool = False) -> None:
+        super().__init__()
+        self.directory, self.prefix, self.merge = directory, prefix, merge
+
+    def expand(self, after: beam.PCollection) -> beam.PCollection:
+        done = after | "Done" >> beam.combiners.Count.Globally()
+        return (
+            after.pipeline
+            | "Once" >> beam.Create([None])
+            | "ListChunks" >> beam.FlatMap(_list_chunks, self.directory, self.prefix,
+                                           beam.pvalue.AsSingleton(done))
+            | "SpreadChunks" >> beam.Reshuffle()
+            | "Ids" >> beam.FlatMap(dedupe.record_places)
+            | "ById" >> beam.GroupByKey()
+            | "ExtraCopies" >> beam.FlatMap(dedupe.extra_copies, self.merge)
+            | "ByChunk" >> beam.GroupByKey()
+            | "Rewrite" >> beam.Map(dedupe.drop_lines)
+            | "Count" >> beam.Map(_count_dropped, self.prefix)
+        )  # fmt: skip
+
+
+def _list_chunks(_: Any, directory: str, prefix: str, signal: int) -> list[str]:
+    return dedupe.chunk_paths(directory, prefix, signal)
+
+
+def _count_dropped(n: int, prefix: str) -> int:
+    Metrics.counter(NAMESPACE, f"deduplicated.{prefix}").inc(n)
+    return n
 
 
 # -- driver --------------------------------------------------------------------------------------
@@ -380,12 +425,21 @@ def build_pipeline(pipeline: beam.Pipeline, cfg: CrawlConfig,
               | "SpreadPartitions" >> beam.Reshuffle()
               | "ListModels" >> beam.ParDo(ListCivitaiPartition(cfg)))
     resumed = pipeline | "PendingVersions" >> beam.Create(pending)
+    if carry_from is None:
+        # Streaming: each listed version goes straight to the fetcher fused behind the listing, so
+        # details are fetched while the partition is still being paged (no GroupByKey barrier). What
+        # two partitions both list is made unique afterwards by DedupeModels / DedupeVersions.
+        fetched_listed = listed | "FetchListed" >> beam.ParDo(FetchCivitaiVersions(cfg, done))
+        fetched_resumed = (resumed | "SpreadPending" >> beam.Reshuffle()
+                           | "FetchPending" >> beam.ParDo(FetchCivitaiVersions(cfg, done)))
+        root = str(Path(cfg.out) / "civitai")
+        _ = listed | "DedupeModels" >> DedupeChunks(root, "models", merge=True)
+        _ = (fetched_listed, fetched_resumed) | "Fetched" >> beam.Flatten() | (
+            "DedupeVersions" >> DedupeChunks(root, "versions"))
+        return
     refs = ((listed, resumed) | "AllVersions" >> beam.Flatten()
             | "ByVersion" >> beam.Map(lambda ref: (ref[1], (ref[0], ref[2]))))
-    if carry_from is None:
-        to_fetch = (refs | "Dedupe" >> beam.GroupByKey()
-                    | "OnePerVersion" >> beam.Map(_first_model))
-    else:
+    if carry_from is not None:
         old = (pipeline | "OldModelChunks" >> beam.Create(delta.model_chunks(carry_from))
                | "SpreadOldModels" >> beam.Reshuffle()
                | "OldFingerprints" >> beam.FlatMap(digests.listing_fingerprints))
@@ -400,6 +454,8 @@ def build_pipeline(pipeline: beam.Pipeline, cfg: CrawlConfig,
         to_fetch = (classified["changed"], missed) | "ToFetch" >> beam.Flatten()
     _ = (to_fetch | "SpreadVersions" >> beam.Reshuffle()
          | "FetchVersions" >> beam.ParDo(FetchCivitaiVersions(cfg, done)))
+    root = str(Path(cfg.out) / "civitai")
+    _ = listed | "DedupeModels" >> DedupeChunks(root, "models", merge=True)
 
 
 def _counters(result: Any) -> dict[str, Any]:
@@ -444,10 +500,42 @@ def _run_pipeline(cfg: CrawlConfig, beam_args: Sequence[str], previous: delta.Pr
 def run_config(cfg: CrawlConfig, beam_args: Sequence[str] = (), quiet: bool = False) -> dict[str, Any]:
     """Run the crawl pipeline for ``cfg``; write and return the summary.
 
+    ``--out`` and ``--previous`` may be object-store URLs (``s3://``, ``gs://``): see :func:`_run_staged`.
+
     Raises:
         FatalError: bad configuration, a crawl with other parameters in OUT, a 401 with a token,
-            or an unreachable API host.
+            an unreachable API host, or an object store that refuses us.
     """
+    if storage.is_url(cfg.out) or storage.is_url(cfg.previous):
+        return _run_staged(cfg, beam_args, quiet)
+    return _run_local(cfg, beam_args, quiet)
+
+
+def _run_staged(cfg: CrawlConfig, beam_args: Sequence[str], quiet: bool) -> dict[str, Any]:
+    """A crawl whose OUT or RAW_OLD is on object storage, through a persistent local staging copy.
+
+    The store's copy of OUT is synced down first (a crawl killed on another machine resumes from its
+    committed chunks and state), the crawl runs on the staging copy, and then what changed is uploaded,
+    ``state.json`` and the summary last, so the store never holds a state naming chunks it lacks.
+    """
+    local = cfg
+    if storage.is_url(cfg.previous):
+        previous_dir = storage.staging_dir(str(cfg.previous), "previous")
+        storage.sync_down(str(cfg.previous), previous_dir)
+        local = dataclasses.replace(local, previous=str(previous_dir))
+    if not storage.is_url(cfg.out):
+        return _run_local(local, beam_args, quiet)
+    out_dir = storage.staging_dir(cfg.out, "out")
+    storage.check_reachable(cfg.out)
+    storage.sync_down(cfg.out, out_dir)
+    started = time.time()
+    summary = _run_local(dataclasses.replace(local, out=str(out_dir)), beam_args, quiet)
+    storage.sync_up(out_dir, cfg.out, since=started,
+                    last=(f"{cfg.source}/state.json", f"{cfg.source}/summary.json"))
+    return summary
+
+
+def _run_local(cfg: CrawlConfig, beam_args: Sequence[str], quiet: bool) -> dict[str, Any]:
     started = time.monotonic()
     previous = (delta.PreviousSnapshot.open(cfg.previous, cfg.source, cfg.out)
                 if cfg.previous is not None else None)

@@ -687,28 +687,55 @@ class _ToRowsStep:
         yield row
 
 
+#: Most rows one shard is planned to hold, per table: the shard writer holds one shard's rows, so this
+#: (not the catalogue) bounds a worker's memory. More rows than ``--shards`` × this → more shards.
+MAX_SHARD_ROWS = {"adapters": 2000, "images": 10000}
+
+
+def shard_count(rows: int, minimum: int, table: str) -> int:
+    """Shards of a table of ``rows`` rows: ``minimum`` (``--shards``), more when a shard would exceed
+    :data:`MAX_SHARD_ROWS`. Decided from the count inside the pipeline, so it is the same on any runner."""
+    cap = MAX_SHARD_ROWS.get(table, 10000)
+    return max(minimum, -(-rows // cap))
+
+
+def _shard_keys(_: Any, n: int) -> list[tuple[int, None]]:
+    return [(i, None) for i in range(n)]
+
+
+def _shard_key(row: dict[str, Any], n: int) -> tuple[int, dict[str, Any]]:
+    return writer.shard_of(row["adapter_id"], n), row
+
+
 class WriteShards(beam.PTransform):
-    """Rows → ``<table>/part-NNNNN-of-MMMMM.parquet`` in the build dir (every shard, even empty)."""
+    """Rows → ``<table>/part-NNNNN-of-MMMMM.parquet`` in the build dir (every shard, even empty).
+
+    The shard count comes from the table's row count (:func:`shard_count`, a side input), so no worker
+    holds more than about :data:`MAX_SHARD_ROWS` rows whatever the catalogue size.
+    """
 
     def __init__(self, table: str, build_dir: str, shards: int, dim: int | None) -> None:
         super().__init__()
         self.table, self.build_dir, self.shards, self.dim = table, build_dir, shards, dim
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        n = self.shards
-        empty = rows.pipeline | "EmptyShards" >> beam.Create([(i, None) for i in range(n)])
-        keyed = rows | "ShardKey" >> beam.Map(lambda r: (writer.shard_of(r["adapter_id"], n), r))
+        count = rows | "CountRows" >> beam.combiners.Count.Globally()
+        n = count | "Shards" >> beam.Map(shard_count, self.shards, self.table)
+        n_side = beam.pvalue.AsSingleton(n)
+        empty = (rows.pipeline | "Once" >> beam.Create([None])
+                 | "EmptyShards" >> beam.FlatMap(_shard_keys, n_side))  # fmt: skip
+        keyed = rows | "ShardKey" >> beam.Map(_shard_key, n_side)
         return (
             (keyed, empty)
             | "Union" >> beam.Flatten()
             | "GroupShards" >> beam.GroupByKey()
-            | "WriteShard" >> beam.Map(self._write)
+            | "WriteShard" >> beam.Map(self._write, n_side)
         )
 
-    def _write(self, group: tuple[int, Iterable[Any]]) -> dict[str, Any]:
+    def _write(self, group: tuple[int, Iterable[Any]], count: int) -> dict[str, Any]:
         index, rows = group
         data = [r for r in rows if r is not None]
-        entry = writer.write_parquet_shard(self.build_dir, self.table, index, self.shards, data, self.dim)
+        entry = writer.write_parquet_shard(self.build_dir, self.table, index, count, data, self.dim)
         Metrics.counter(NS, f"rows_written_{self.table}").inc(len(data))
         return entry
 

@@ -73,8 +73,15 @@ def resolve_build(docs: str | os.PathLike[str], build_id: str | None = None) -> 
     """Return the build directory to read.
 
     ``docs`` may be a release root (``CURRENT`` is followed, or ``build_id`` if given) or a build
-    directory itself (one holding ``manifest.json``).
+    directory itself (one holding ``manifest.json``), locally or on object storage (``s3://``,
+    ``gs://``): there the build is resolved through its ``CURRENT`` object and the files its manifest
+    lists are mirrored into a local, verified per-build cache (:func:`stylus_docs.storage.mirror_release`),
+    so every reader below works unchanged.
     """
+    from stylus_docs import storage
+
+    if storage.is_url(docs):
+        docs, build_id = storage.mirror_release(str(docs), build_id), None
     root = Path(docs)
     if not root.exists():
         raise FatalError(f"release not found: {root}")

@@ -41,9 +41,14 @@ def handle(args: argparse.Namespace, extra: list[str]) -> int:
         raise FatalError("--limit must be >= 0")
     if args.max_mb <= 0:
         raise FatalError("--max-mb must be positive")
-    docs = Path(args.docs)
-    if not docs.exists():
-        raise FatalError(f"no release at {docs}")
+    from stylus_docs import storage
+
+    if storage.is_url(args.docs):  # an s3:// release: its live build mirrored locally (and verified)
+        docs = storage.mirror_release(args.docs)
+    else:
+        docs = Path(args.docs)
+        if not docs.exists():
+            raise FatalError(f"no release at {docs}")
     writable_dir(args.cache or docs / "cache", "--cache")
     cards = release_cards(docs, args.adapter_id or None, args.limit)
     cache = AdapterCache(

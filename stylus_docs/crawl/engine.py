@@ -254,6 +254,11 @@ class CivitaiCrawler(_Crawler):
         cursor: str | None = saved.get("cursor")
         buffer: list[dict[str, Any]] = []
         seen_cursors: set[str] = set()
+        # Duplicates within this partition (cursors repeat items) are skipped here; a model another
+        # partition lists too is committed by both (each listing trims its versions to its base models)
+        # and merged by the pipeline's keyed aggregation (stylus_docs.crawl.dedupe), on any runner. The
+        # process-wide registry only enforces --limit.
+        listed_here: set[int] = set()
         bar = _bar(self.cfg, f"models {key}", "model")
         # Without --limit every page up to the last one is fetched anyway, so the next page is asked for
         # as soon as its cursor is known: its round trip overlaps the work on this one.
@@ -289,7 +294,10 @@ class CivitaiCrawler(_Crawler):
                     except SkipRecord as exc:
                         self.fail("model", _listed_id(item, "id"), exc.reason, exc.detail)
                         continue
-                    if self.seen.claim(mid):
+                    if mid in listed_here:
+                        continue
+                    listed_here.add(mid)
+                    if self.cfg.limit is None or self.seen.claim(mid):
                         buffer.append(item)
                         if bar is not None:
                             bar.update(1)
