@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compose": ("compose", "pick adapters for a prompt (the Stylus composer)"),
     "generate": ("generate", "generate images with composed adapters (diffusers)"),
     "link": ("link", "link a folder of your own .safetensors files to a release by hash"),
+    "eval": ("eval", "evaluate: CLIP score, FID/KID, dFID, retrieval recall, VLM judge, baselines"),
+    "report": ("report", "write the HTML report of a release"),
 }
 
 
