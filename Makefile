@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install the package with every extra the tests need
 
-build: setup ## the main job: crawl the bundled sample through the replay server, build a release, query it
+build: setup ## the main job: crawl the bundled sample through the replay server, build a release, query it, report it
 	$(PY) scripts/build_sample.py --out $(OUT)
+	$(VENV)/bin/stylus-docs report --docs $(OUT)/docs --out $(OUT)/report.html
 
 stylus-sample: setup ## the whole Stylus build on the sample on CPU: render (tiny model) -> VLM refine (loopback) -> embed
 	$(PY) scripts/build_stylus_sample.py --out $(OUT)/stylus
