@@ -41,8 +41,8 @@ from stylus_docs.eval.common import (
     load_state_dict,
     open_rgb,
     pick_device,
-    sha256_file,
 )
+from stylus_docs.release import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,9 @@ import tenacity
 
 from stylus_docs.atomic import atomic_write_text
 from stylus_docs.errors import FatalError
-from stylus_docs.eval.common import ImageItem, open_rgb, sha256_file
-from stylus_docs.refine.limits import ServerOrJitterWait, server_wait_s
+from stylus_docs.eval.common import ImageItem, open_rgb
+from stylus_docs.refine.limits import ServerOrJitterWait, retryable, server_wait
+from stylus_docs.release import sha256_file
 from stylus_docs.secrets import get_secret, redact
 
 log = logging.getLogger(__name__)
@@ -180,20 +181,6 @@ class _Cache:
             atomic_write_text(path, json.dumps(value, ensure_ascii=False))
 
 
-def _retryable(exc: BaseException) -> bool:
-    import openai
-
-    return isinstance(exc, openai.RateLimitError | openai.InternalServerError | openai.APIConnectionError)
-
-
-def _server_wait(exc: BaseException) -> float | None:
-    import openai
-
-    if isinstance(exc, openai.APIStatusError) and exc.response is not None:
-        return server_wait_s(exc.response.headers)
-    return None
-
-
 class Judge:
     """Asks the endpoint, caches the answers and tallies both-order verdicts.
 
@@ -272,7 +259,7 @@ class Judge:
                 max_tokens=self.config.max_tokens,
             )
         except openai.APIStatusError as exc:
-            if _retryable(exc):
+            if retryable(exc):
                 raise
             raise FatalError(
                 f"judge endpoint refused the request: HTTP {exc.status_code} {redact(str(exc))[:200]}"
@@ -286,8 +273,8 @@ class Judge:
 
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.config.retries + 1),
-            wait=ServerOrJitterWait(_server_wait, initial_s=0.5, max_s=30.0),
-            retry=tenacity.retry_if_exception(_retryable),
+            wait=ServerOrJitterWait(server_wait, initial_s=0.5, max_s=30.0),
+            retry=tenacity.retry_if_exception(retryable),
             reraise=True,
         )
         try:

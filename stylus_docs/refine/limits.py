@@ -253,3 +253,19 @@ class ServerOrJitterWait(wait_base):
         if wait is not None and wait > 0:
             return min(wait, self.cap_s)
         return float(self._jitter(retry_state))
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether an openai client error is worth another try (429, 5xx, connection)."""
+    import openai
+
+    return isinstance(exc, openai.RateLimitError | openai.InternalServerError | openai.APIConnectionError)
+
+
+def server_wait(exc: BaseException) -> float | None:
+    """The wait the endpoint asked for in an error response (``Retry-After``, ``x-ratelimit-reset-*``)."""
+    import openai
+
+    if isinstance(exc, openai.APIStatusError) and exc.response is not None:
+        return server_wait_s(exc.response.headers)
+    return None

@@ -43,7 +43,8 @@ from stylus_docs.refine.limits import (
     MAX_SERVER_WAIT_S,
     RateLimiter,
     ServerOrJitterWait,
-    server_wait_s,
+    retryable,
+    server_wait,
     shared_limiter,
 )
 from stylus_docs.schemas import load_schema, validation_errors
@@ -337,21 +338,6 @@ def parse_answer(text: str | None) -> tuple[dict[str, Any] | None, str | None]:
     return None, "invalid_json"
 
 
-def _retryable(exc: BaseException) -> bool:
-    import openai
-
-    return isinstance(exc, openai.RateLimitError | openai.InternalServerError | openai.APIConnectionError)
-
-
-def _server_wait(exc: BaseException) -> float | None:
-    """The wait the endpoint asked for in an error response (``Retry-After``, ``x-ratelimit-reset-*``)."""
-    import openai
-
-    if isinstance(exc, openai.APIStatusError) and exc.response is not None:
-        return server_wait_s(exc.response.headers)
-    return None
-
-
 #: Rough prompt tokens of one image (OpenAI's high-detail estimate for a 512-pixel tile set:
 #: 85 + 4 × 170). Only the client-side token budget uses it; the answer's ``usage`` corrects it.
 IMAGE_TOKEN_ESTIMATE = 765
@@ -442,7 +428,7 @@ class OpenAIRefineHandler(RemoteModelHandler[RefineRequest, PredictionResult, An
             namespace="stylus_docs.refine.openai",
             num_retries=0,
             throttle_delay_secs=config.throttle_delay_secs,
-            retry_filter=_retryable,
+            retry_filter=retryable,
         )
         self.config = config
         self.system_prompt = system_prompt or load_prompt()
@@ -551,7 +537,7 @@ class OpenAIRefineHandler(RemoteModelHandler[RefineRequest, PredictionResult, An
             if exc.status_code in (401, 403):
                 self._refuse(rt, exc.status_code)
                 raise
-            wait = _server_wait(exc) if isinstance(exc, openai.RateLimitError) else None
+            wait = server_wait(exc) if isinstance(exc, openai.RateLimitError) else None
             if wait:
                 rt.limiter.pause_until(time.monotonic() + min(wait, MAX_SERVER_WAIT_S))
             # Any other status means the key was accepted. Opened after the pause is set, so the
@@ -597,8 +583,8 @@ class OpenAIRefineHandler(RemoteModelHandler[RefineRequest, PredictionResult, An
         """:meth:`_chat` with bounded retries on 429/5xx/connection errors."""
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.config.num_retries + 1),
-            wait=ServerOrJitterWait(_server_wait),
-            retry=tenacity.retry_if_exception(_retryable),
+            wait=ServerOrJitterWait(server_wait),
+            retry=tenacity.retry_if_exception(retryable),
             reraise=True,
             before_sleep=lambda state: _log_retry(req, state),
         )
@@ -636,7 +622,7 @@ class OpenAIRefineHandler(RemoteModelHandler[RefineRequest, PredictionResult, An
             except (openai.AuthenticationError, openai.PermissionDeniedError):
                 return _failed(req, UNAUTHORIZED, self._auth_failure)
             except openai.APIStatusError as exc:
-                if _retryable(exc):
+                if retryable(exc):
                     raise
                 return _failed(req, f"http_{exc.status_code}", redact(str(exc.message))[:300])
             if text is not None and len(text) > MAX_ANSWER_CHARS:
@@ -681,7 +667,7 @@ class OpenAIRefineHandler(RemoteModelHandler[RefineRequest, PredictionResult, An
             else:
                 outcome = self._one(client, req, usage)
         except openai.APIError as exc:
-            reason = "retries_exhausted" if _retryable(exc) else "api_error"
+            reason = "retries_exhausted" if retryable(exc) else "api_error"
             outcome = _failed(req, reason, redact(f"{type(exc).__name__}: {exc}")[:300])
         except FatalError:
             raise
