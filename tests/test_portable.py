@@ -170,3 +170,17 @@ def test_a_model_listed_by_two_partitions_is_stored_once(runner: str, services: 
         assert {v["baseModel"] for v in stored[mid]["modelVersions"]} == {"SD 1.5", "SDXL 1.0"}
     # Every version of every stored model was fetched, the SDXL twins included.
     assert {90_000_000 + m for m in shared} <= set(versions)
+
+
+def test_portable_options_lift_the_stream_deadline_and_refuse_a_dead_endpoint(services: Any) -> None:
+    """Beam puts the job-service request timeout (300 s) on the job's state stream, so a portable build
+    longer than that died with DEADLINE_EXCEEDED; the options lift it, and a dead endpoint is one line."""
+    from stylus_docs import beam_options
+    from stylus_docs.errors import FatalError
+
+    options = beam_options.make_pipeline_options(services.beam_args()).get_all_options()
+    assert options["job_server_timeout"] == beam_options.JOB_STREAM_TIMEOUT_S
+    kept = beam_options.make_pipeline_options([*services.beam_args(), "--job_server_timeout=42"])
+    assert kept.get_all_options()["job_server_timeout"] == 42
+    with pytest.raises(FatalError, match="no Beam job service answers at --job_endpoint=127.0.0.1:9"):
+        beam_options.check_job_endpoint("127.0.0.1:9", timeout_s=1.0)
