@@ -157,6 +157,13 @@ def ensure_release(n: int) -> Path:
     rows = make_rows(n)
     write_release(docs, rows, shards=4)
     log.info("synthetic release of %d adapters written in %.1fs", n, time.perf_counter() - t0)
+    # Ship a learned ranker as a build does (issue 16), so its per-query cost is part of the figures.
+    from stylus_docs import release as rel
+    from stylus_docs.query import learned
+
+    t0 = time.perf_counter()
+    learned.attach(rel.resolve_build(docs))
+    log.info("learned ranker fitted and attached in %.1fs", time.perf_counter() - t0)
     return docs
 
 

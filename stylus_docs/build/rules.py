@@ -246,7 +246,7 @@ def check_publishable(counts: dict[str, Any], max_dead_fraction: float) -> None:
 
 def order_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Manifest file order: adapters, images, dead letters, removed; by path within a table."""
-    order = ["adapters", "images", "dead_letter", "removed"]
+    order = ["adapters", "images", "dead_letter", "removed", "learned"]
     return sorted(files, key=lambda f: (order.index(f["table"]), f["path"]))
 
 

@@ -21,9 +21,11 @@ import pyarrow as pa
 
 from stylus_docs.embedding import Embedder, canonical_model_name, load_query_embedder
 from stylus_docs.errors import FatalError
+from stylus_docs.query import learned as learned_fusion
 from stylus_docs.query import sandbox
+from stylus_docs.query.learned import LearnedFusion, candidate_features
 from stylus_docs.query.lexical import TEXT_COLUMNS, LexicalIndex, document_text
-from stylus_docs.release import load_manifest, read_table, resolve_build, table_files
+from stylus_docs.release import load_manifest, read_table, resolve_build, table_files, verify_entry
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class SearchConfig:
         dense_confidence: how much a peaked dense ranking counts against a peaked BM25 ranking.
         one_version_after: past this many hits, a model's further versions are left out (the next
             model's best version takes the slot); ``None`` keeps every version.
+        learned: with ``fusion="rrf"``, score the fused candidates with the release's learned ranker
+            (:mod:`stylus_docs.query.learned`) when it has one; off: the RRF score.
     """
 
     fusion: str = "rrf"
@@ -78,6 +82,9 @@ class SearchConfig:
     # adapter are near-duplicates that crowd a 150-candidate list. The first 10 hits stay untouched,
     # because there the exact version is what a trigger-word query asks for.
     one_version_after: int | None = 10
+    # The release's learned ranker (stylus_docs/query/learned.py) replaces the RRF score when the
+    # release ships one; a release without it ranks with the RRF above.
+    learned: bool = True
 
     def __post_init__(self) -> None:
         if self.fusion not in ("rrf", "dense", "bm25"):
@@ -269,6 +276,8 @@ def fuse(
     k: int,
     cfg: SearchConfig,
     model_codes: np.ndarray | None = None,
+    learned: LearnedFusion | None = None,
+    prior: np.ndarray | None = None,
 ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
     """Rank rows from full dense and BM25 score vectors under a row mask.
 
@@ -279,6 +288,8 @@ def fuse(
         k: how many rows to return.
         cfg: fusion settings.
         model_codes: model code of every row, for ``cfg.one_version_after`` (None: no collapsing).
+        learned: the release's learned ranker; with ``cfg.learned`` it scores the RRF candidates.
+        prior: :func:`stylus_docs.query.learned.prior_vector` of every row (needed with ``learned``).
 
     Returns:
         ``(rows best first, their fused scores, dense rank of every row, BM25 rank of every row,
@@ -319,14 +330,20 @@ def fuse(
     rd = d_rank[cand]
     rl = l_rank[cand]
     w_dense, w_bm25 = cfg.dense_weight, cfg.bm25_weight
-    if cfg.adaptive:
+    m_dense, m_bm25 = 1.0, 1.0
+    if cfg.adaptive or (learned is not None and cfg.learned):
         # Rows without a matching word score 0 for BM25 and count as such: one lone match is a peak.
         lex_top = np.zeros(max(len(d_top), len(l_top)), dtype=np.float64)
         lex_top[: len(l_top)] = lex[l_top]
         m_dense, m_bm25 = confidence_weights(dense[d_top], lex_top, cfg.dense_confidence)
+    if cfg.adaptive:
         w_dense, w_bm25 = w_dense * m_dense, w_bm25 * m_bm25
-    fused[rd > 0] += w_dense / (cfg.rrf_k + rd[rd > 0])
-    fused[rl > 0] += w_bm25 / (cfg.bm25_rrf_k + rl[rl > 0])
+    if learned is not None and cfg.learned and prior is not None:
+        feats = candidate_features(dense, lex, cand, d_rank, l_rank, (m_dense, m_bm25), prior)
+        fused = learned.score(feats, m_bm25 / 2.0)
+    else:
+        fused[rd > 0] += w_dense / (cfg.rrf_k + rd[rd > 0])
+        fused[rl > 0] += w_bm25 / (cfg.bm25_rrf_k + rl[rl > 0])
     # Ties (same fused score) fall back to cosine, then row: deterministic and sensible.
     pick = np.lexsort((cand, -dense[cand], -fused))
     if collapse:
@@ -376,6 +393,8 @@ class Release:
         self._masks: dict[Filters, np.ndarray] = {}
         self._fields: dict[str, list[Any]] | None = None
         self._model_codes: np.ndarray | None = None
+        self._learned: LearnedFusion | None | bool = False  # False = not looked up yet
+        self._prior: np.ndarray | None = None
 
     # -- components, built lazily ---------------------------------------------------------------
     def _check_embedder(self, embedder: Embedder) -> None:
@@ -431,6 +450,35 @@ class Release:
             keys = [str(a).rsplit("@", 1)[0] for a in self.ids]
             self._model_codes = np.unique(np.asarray(keys, dtype=object), return_inverse=True)[1]
         return self._model_codes
+
+    @property
+    def learned(self) -> LearnedFusion | None:
+        """The learned ranker the manifest lists (table ``learned``), or None: RRF is used then."""
+        if self._learned is False:
+            model = None
+            entries = [e for e in self.manifest.get("files", []) if e.get("table") == "learned"]
+            if entries:
+                # Verified like every release file (size + SHA-256): a corrupt file is an error, not
+                # a silent fallback; a release that lists none ranks with RRF.
+                model = learned_fusion.load(verify_entry(self.build_dir, entries[0]))
+            fitted_with = model.meta.get("embedder") if model is not None else None
+            if model is not None and canonical_model_name(str(fitted_with)) != canonical_model_name(
+                str(self.embedder_info.get("model") or "")
+            ):
+                raise FatalError(
+                    f"learned ranker of {self.build_dir.name} was fitted with encoder {fitted_with!r}, "
+                    f"the manifest names {self.embedder_info.get('model')!r}; rebuild the release"
+                )
+            self._learned = model
+        return self._learned  # type: ignore[return-value]
+
+    @property
+    def prior(self) -> np.ndarray:
+        """The learned ranker's downloads prior of every row."""
+        if self._prior is None:
+            table = read_table(self.build_dir, self.manifest, "adapters", ["downloads"], files=self.files)
+            self._prior = learned_fusion.prior_vector(table.column("downloads").to_pylist())
+        return self._prior
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -525,8 +573,9 @@ class Release:
         return out
 
     def _rank(self, dense: np.ndarray, lex: np.ndarray, mask: np.ndarray | None, k: int) -> list[Hit]:
+        learned = self.learned if self.config.learned and self.config.fusion == "rrf" else None
         order, fused, d_rank, l_rank, (w_dense, w_bm25) = fuse(
-            dense, lex, mask, k, self.config, self.model_codes
+            dense, lex, mask, k, self.config, self.model_codes, learned, self.prior if learned else None
         )
         fields = self.fields(order)
         return [
