@@ -115,7 +115,8 @@ def test_weights_format_columns(built: dict) -> None:
     """The download stage's header facts (stylus-docs inspect) are adapters-table columns."""
     a = built["adapters"]
     lora = a["Ink kohya"]
-    assert (lora["weights_format"], lora["weights_convention"], lora["weights_loadable"]) == ("lora", "kohya", True)
+    facts = (lora["weights_format"], lora["weights_convention"], lora["weights_loadable"])
+    assert facts == ("lora", "kohya", True)
     assert lora["weights_rank"] and lora["weights_rank"] > 0 and lora["weights_reason"] is None
     assert a["Ink diffusers"]["weights_convention"] == "diffusers"
     loha = a["Ink loha"]
@@ -126,7 +127,8 @@ def test_weights_format_columns(built: dict) -> None:
     counts = built["manifest"]["counts"]["weights_format"]
     assert counts["loha"] == 1 and counts["lora"] == 3 and sum(counts.values()) == 4
     schema = pq.read_schema(release.table_files(built["build"], built["manifest"], "adapters")[0])
-    assert str(schema.field("weights_rank").type) == "int32" and str(schema.field("weights_loadable").type) == "bool"
+    assert str(schema.field("weights_rank").type) == "int32"
+    assert str(schema.field("weights_loadable").type) == "bool"
 
 
 def test_every_ok_render_reached_the_vlm_request(built: dict) -> None:
