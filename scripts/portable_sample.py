@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import json
 import os
 import shutil
@@ -38,6 +37,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "scripts") not in sys.path:  # also imported by path from tests and bench_scale
+    sys.path.insert(0, str(ROOT / "scripts"))
+from _scriptlib import free_port, replay_server  # noqa: E402
+
 CLI = [sys.executable, "-m", "stylus_docs.cli"]
 #: Seconds the job service and the worker pool get to listen (they import Beam first: a few seconds).
 START_DEADLINE_S = 90.0
@@ -47,13 +50,6 @@ EMBED_TOL = 1e-6
 COMPARED_COLUMNS = ("adapter_id", "content_hash", "description", "category", "recommended_weight",
                     "refiner", "embedder", "title", "base_model", "deleted")  # fmt: skip
 MULTI_PROCESS_FLAGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], name: str, deadline_s: float) -> None:
@@ -338,14 +334,6 @@ def crawl_and_build(out: Path, base_url: str, beam_args: Sequence[str], env: dic
     return wall
 
 
-def _load_replay_server() -> Any:
-    spec = importlib.util.spec_from_file_location("replay_server", ROOT / "scripts" / "replay_server.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/out/portable", help="output root (default data/out/portable)")
@@ -358,7 +346,7 @@ def main() -> int:
     if out.exists():
         shutil.rmtree(out)
     env = venv_env()
-    replay = _load_replay_server()
+    replay = replay_server()
     server, base_url = replay.start_server(data_dir=args.data)
     walls: dict[str, float] = {}
     problems: dict[str, list[str]] = {}

@@ -185,48 +185,13 @@ def download_file(url: str, local: str | os.PathLike[str]) -> None:
 
 def list_files(url: str) -> list[str]:
     """Paths (relative to ``url``, ``/``-separated) of every object under the prefix ``url``, sorted."""
-    import pyarrow as pa
-    import pyarrow.fs as pafs
-
-    fs, base = filesystem(url)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    except (OSError, pa.ArrowException) as exc:
-        raise store_error(url, exc) from exc
-    return sorted(
-        i.path[len(base) :].lstrip("/") for i in infos if i.type == pafs.FileType.File
-    )
+    return sorted(_sizes(url))
 
 
 def _walk(root: Path) -> Iterator[Path]:
     for path in sorted(root.rglob("*")):
         if path.is_file() and not path.is_symlink():
             yield path
-
-
-def upload_tree(local: str | os.PathLike[str], url: str, *, last: tuple[str, ...] = ()) -> int:
-    """Upload every regular file under ``local`` to ``url``; the relative paths in ``last`` go last.
-
-    Returns:
-        The number of objects written.
-    """
-    root = Path(local)
-    rels = [p.relative_to(root).as_posix() for p in _walk(root)]
-    ordered = [r for r in rels if r not in last] + [r for r in last if r in rels]
-    for rel in ordered:
-        upload_file(root / rel, join(url, rel))
-    return len(ordered)
-
-
-def download_tree(url: str, local: str | os.PathLike[str]) -> int:
-    """Copy every object under the prefix ``url`` into ``local``; return how many."""
-    rels = list_files(url)
-    for rel in rels:
-        parts = Path(rel).parts
-        if ".." in parts or Path(rel).is_absolute():
-            raise FatalError(f"{url}: unsafe object name {rel!r}")
-        download_file(join(url, rel), Path(local) / rel)
-    return len(rels)
 
 
 # ------------------------------------------------------------------------------------ releases
@@ -313,15 +278,15 @@ def publish_build(local_docs: str | os.PathLike[str], build_id: str, url: str) -
 
     local = release.build_path(local_docs, build_id)
     release.load_manifest(local)  # refuse to publish an incomplete build
-    upload_tree(local, join(url, release.BUILDS_DIR, build_id), last=(release.MANIFEST_FILE,))
+    sync_up(local, join(url, release.BUILDS_DIR, build_id), last=(release.MANIFEST_FILE,))
     write_bytes(join(url, release.CURRENT_FILE), (build_id + "\n").encode())
 
 
 def check_reachable(url: str) -> None:
     """Fail fast, in one line, when the store behind ``url`` refuses us or cannot be reached."""
-    list_files_probe = filesystem(url)
-    fs, path = list_files_probe
     import pyarrow as pa
+
+    fs, path = filesystem(url)
 
     try:
         fs.get_file_info(path)
@@ -370,10 +335,10 @@ def sync_down(url: str, local: str | os.PathLike[str]) -> int:
 
 
 def sync_up(local: str | os.PathLike[str], url: str, *, last: tuple[str, ...] = (),
-            skip: tuple[str, ...] = (), since: float | None = None) -> int:  # fmt: skip
+            since: float | None = None) -> int:  # fmt: skip
     """Upload the files under ``local`` that ``url`` lacks, holds with another size, or that changed
     locally at or after ``since`` (a run's start); the relative paths in ``last`` are uploaded last
-    (always), paths starting with one of ``skip`` and hidden temporaries never.
+    (always), hidden temporaries never.
 
     Returns:
         The number of objects written.
@@ -381,7 +346,7 @@ def sync_up(local: str | os.PathLike[str], url: str, *, last: tuple[str, ...] = 
     root = Path(local)
     remote = _sizes(url)
     rels = [p.relative_to(root).as_posix() for p in _walk(root)]
-    rels = [r for r in rels if not any(r.startswith(s) for s in skip) and not Path(r).name.startswith(".")]
+    rels = [r for r in rels if not Path(r).name.startswith(".")]
     def stale(rel: str) -> bool:
         stat = (root / rel).stat()
         return remote.get(rel) != stat.st_size or (since is not None and stat.st_mtime >= since)
