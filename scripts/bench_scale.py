@@ -126,6 +126,8 @@ def main() -> int:
     parser.add_argument("--out", default="/tmp/stylus-bench-scale", help="scratch directory")
     parser.add_argument("--sizes", type=int, nargs="*", default=[20000, 80000], help="synthetic adapters")
     parser.add_argument("--skip-runners", action="store_true", help="only the memory part")
+    parser.add_argument("--stock-job-service", action="store_true",
+                        help="Beam's local_job_service_main instead of stylus_docs.job_service")
     parser.add_argument("--write-md", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
 
@@ -136,10 +138,11 @@ def main() -> int:
     env = venv_env({"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "bench-key",
                     "STYLUS_EMBEDDER_DIM": str(EMBED_DIM)})  # fmt: skip
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
-                              f"{os.cpu_count()} cores shared with other jobs", "runners": {}, "memory": {}}
+                              f"{os.cpu_count()} cores shared with other jobs", "runners": {}, "memory": {},
+                              "job_service": "stock" if args.stock_job_service else "stylus_docs"}
     try:
         worker_env = {k: env[k] for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "STYLUS_EMBEDDER_DIM")}
-        with PortableServices(out / "logs", 2, worker_env) as services:
+        with PortableServices(out / "logs", 2, worker_env, stock=args.stock_job_service) as services:
             if not args.skip_runners:
                 raw = out / "dev" / "raw"
                 items = _template_items()

@@ -6,7 +6,7 @@ that path in pure Python, so it is exercised here exactly so, on loopback:
 
 1. start the replay server (``scripts/replay_server.py``) over ``data/sample``;
 2. crawl (Civitai + Hugging Face) and build the sample in-process (the reference);
-3. start ``apache_beam.runners.portability.local_job_service_main`` (the job service) and
+3. start ``stylus_docs.job_service`` (Beam's local job service, bundle inputs streamed) and
    ``apache_beam.runners.worker.worker_pool_main`` (the SDK worker pool) as their own processes, the
    venv's ``bin/`` first on the pool's PATH (it starts each worker as ``python -c …``);
 4. crawl and build again through them (``-- --runner=PortableRunner --job_endpoint=…
@@ -98,11 +98,15 @@ class PortableServices:
         workers: SDK workers per environment (``--direct_num_workers`` of the job).
         env: extra environment of the workers (what a cluster's workers get from their container, e.g.
             ``OPENAI_BASE_URL``): the pipeline's own environment does not travel to them.
+        stock: Beam's own ``local_job_service_main`` instead of ``stylus_docs.job_service`` (which streams
+            bundle inputs to the workers; the benchmark compares the two).
     """
 
     def __init__(self, log_dir: str | os.PathLike[str], workers: int = 2,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 env: dict[str, str] | None = None, stock: bool = False) -> None:  # fmt: skip
         self.log_dir = Path(log_dir)
+        self.job_module = ("apache_beam.runners.portability.local_job_service_main" if stock
+                           else "stylus_docs.job_service")  # fmt: skip
         self.workers = workers
         self.extra_env = dict(env or {})
         self.job_port = self.pool_port = 0
@@ -118,7 +122,7 @@ class PortableServices:
             # Own sessions, so that stopping one also stops the worker processes it started.
             with open(self.log_dir / "job_service.log", "wb") as log:
                 self.job = subprocess.Popen(
-                    [py, "-m", "apache_beam.runners.portability.local_job_service_main",
+                    [py, "-m", self.job_module,
                      "--port", str(self.job_port)],
                     env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip
