@@ -557,6 +557,11 @@ def tuning_grid(release, creator, stylus, vectors_c, vectors_s) -> dict[str, dic
     for conf in (1.5, 3.0, 5.0):
         cfg = replace(default, learned=False, dense_confidence=conf)
         out[f"RRF dense_confidence={conf:g}"] = evaluate(release, creator, stylus, cfg, vectors_c, vectors_s)
+    for share in (0.3, 0.35, 0.4, 0.45, 0.5):
+        cfg = replace(default, every_version_share=share)
+        out[f"learned (default), every version from BM25 share {share:g}"] = evaluate(
+            release, creator, stylus, cfg, vectors_c, vectors_s
+        )
     for after in (20, 50):
         cfg = replace(default, one_version_after=after)
         out[f"learned (default), one version after {after}"] = evaluate(

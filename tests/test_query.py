@@ -252,3 +252,32 @@ def test_past_the_head_a_model_appears_once(tmp_path: Path) -> None:
     assert sum(h.adapter_id.startswith("civitai:102@") for h in everything) == 15
     with pytest.raises(FatalError):
         SearchConfig(one_version_after=-1)
+
+
+def test_a_lexically_peaked_query_keeps_every_version(tmp_path: Path) -> None:
+    """`every_version_share`: a query at or above that BM25 share is not collapsed; below it, it is."""
+    base = sample_rows()
+    dragon = next(r for r in base if r["adapter_id"] == "civitai:102@1002")
+    rows = list(base) + [
+        dict(dragon, adapter_id=f"civitai:102@{1002 + 1000 * v}", version_id=str(1002 + 1000 * v),
+             content_hash=f"h{v}", version_name=f"v{v}")
+        for v in range(2, 16)
+    ]  # fmt: skip
+    docs = tmp_path / "docs"
+    write_release(docs, rows)
+    query = "a dragon breathing fire on a castle"
+    plain = open_release(docs, config=SearchConfig(one_version_after=3)).search(
+        query, k=len(rows), include_nsfw=True
+    )
+    share = plain[0].bm25_weight / 2.0  # this query's BM25 confidence share (bm25_weight 1 by default)
+    assert 0.0 < share < 1.0
+
+    def dragons(every_version_share: float) -> int:
+        cfg = SearchConfig(one_version_after=3, every_version_share=every_version_share)
+        hits = open_release(docs, config=cfg).search(query, k=len(rows), include_nsfw=True)
+        return sum(h.adapter_id.startswith("civitai:102@") for h in hits)
+
+    assert dragons(share - 1e-6) == 15  # peaked enough: every version stays
+    assert dragons(min(1.0, share + 1e-6)) == 3  # not peaked enough: collapsed past the head
+    with pytest.raises(FatalError):
+        SearchConfig(every_version_share=1.5)

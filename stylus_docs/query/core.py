@@ -59,6 +59,9 @@ class SearchConfig:
         dense_confidence: how much a peaked dense ranking counts against a peaked BM25 ranking.
         one_version_after: past this many hits, a model's further versions are left out (the next
             model's best version takes the slot); ``None`` keeps every version.
+        every_version_share: with ``one_version_after``, a query whose BM25 confidence share (0…1, see
+            :func:`confidence_weights`) is at least this keeps every version all the same; ``None``:
+            every query is collapsed.
         learned: with ``fusion="rrf"``, score the fused candidates with the release's learned ranker
             (:mod:`stylus_docs.query.learned`) when it has one; off: the RRF score.
     """
@@ -82,6 +85,9 @@ class SearchConfig:
     # adapter are near-duplicates that crowd a 150-candidate list. The first 10 hits stay untouched,
     # because there the exact version is what a trigger-word query asks for.
     one_version_after: int | None = 10
+    # ...but a lexically peaked query (a creator's prompt, a trigger word) names one exact version, and a
+    # sibling version ranked above it must not push it out: those queries keep every version.
+    every_version_share: float | None = None
     # The release's learned ranker (stylus_docs/query/learned.py) replaces the RRF score when the
     # release ships one; a release without it ranks with the RRF above.
     learned: bool = True
@@ -95,6 +101,8 @@ class SearchConfig:
             raise FatalError("fusion weights and dense_confidence must be non-negative")
         if self.one_version_after is not None and self.one_version_after < 0:
             raise FatalError("one_version_after must be >= 0 (or None)")
+        if self.every_version_share is not None and not 0.0 <= self.every_version_share <= 1.0:
+            raise FatalError("every_version_share must be within 0..1 (or None)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +339,8 @@ def fuse(
     rl = l_rank[cand]
     w_dense, w_bm25 = cfg.dense_weight, cfg.bm25_weight
     m_dense, m_bm25 = 1.0, 1.0
-    if cfg.adaptive or (learned is not None and cfg.learned):
+    shares_needed = collapse and cfg.every_version_share is not None
+    if cfg.adaptive or (learned is not None and cfg.learned) or shares_needed:
         # Rows without a matching word score 0 for BM25 and count as such: one lone match is a peak.
         lex_top = np.zeros(max(len(d_top), len(l_top)), dtype=np.float64)
         lex_top[: len(l_top)] = lex[l_top]
@@ -346,6 +355,8 @@ def fuse(
         fused[rl > 0] += w_bm25 / (cfg.bm25_rrf_k + rl[rl > 0])
     # Ties (same fused score) fall back to cosine, then row: deterministic and sensible.
     pick = np.lexsort((cand, -dense[cand], -fused))
+    if collapse and cfg.every_version_share is not None and m_bm25 / 2.0 >= cfg.every_version_share:
+        collapse = False
     if collapse:
         pick = pick[one_version_per_model(cand[pick], model_codes, cfg.one_version_after)]
     pick = pick[:k]
