@@ -117,8 +117,11 @@ def build(raw: Path, docs: Path, beam_args: Sequence[str], env: dict[str, str],
     if not peaks:  # in-process: the driver is the worker
         peaks = [resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]
     manifest = json.loads((docs / "latest" / "manifest.json").read_text())
+    counts = manifest["counts"]
     return {"wall_s": round(wall, 1), "peak_rss_mib": [round(p, 1) for p in peaks],
-            "written": manifest["counts"]["written"], "input": manifest["counts"]["input"]}  # fmt: skip
+            "written": counts["written"], "input": counts["input"],
+            "filtered": sum(counts.get("filtered", {}).values()),
+            "dead": sum(counts.get("dead_letter", {}).values())}  # fmt: skip
 
 
 def main() -> int:
@@ -126,8 +129,11 @@ def main() -> int:
     parser.add_argument("--out", default="/tmp/stylus-bench-scale", help="scratch directory")
     parser.add_argument("--sizes", type=int, nargs="*", default=[20000, 80000], help="synthetic adapters")
     parser.add_argument("--skip-runners", action="store_true", help="only the memory part")
-    parser.add_argument("--stock-job-service", action="store_true",
-                        help="Beam's local_job_service_main instead of stylus_docs.job_service")
+    parser.add_argument(
+        "--stock-job-service",
+        action="store_true",
+        help="Beam's local_job_service_main instead of stylus_docs.job_service",
+    )
     parser.add_argument("--write-md", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
 
@@ -137,9 +143,13 @@ def main() -> int:
     server, base_url = start_fake_openai(embed_dim=EMBED_DIM)
     env = venv_env({"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "bench-key",
                     "STYLUS_EMBEDDER_DIM": str(EMBED_DIM)})  # fmt: skip
-    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
-                              f"{os.cpu_count()} cores shared with other jobs", "runners": {}, "memory": {},
-                              "job_service": "stock" if args.stock_job_service else "stylus_docs"}
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs",
+        "runners": {},
+        "memory": {},
+        "job_service": "stock" if args.stock_job_service else "stylus_docs",
+    }
     try:
         worker_env = {k: env[k] for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "STYLUS_EMBEDDER_DIM")}
         with PortableServices(out / "logs", 2, worker_env, stock=args.stock_job_service) as services:
@@ -183,12 +193,20 @@ def main() -> int:
 
 def markdown(report: dict[str, Any]) -> str:
     """The BENCHMARKS.md section of a report."""
-    lines = [HEADING, "", f"{report['date']}, {report['machine']}. Extractive refiner; embeddings from the "
-             "loopback OpenAI-compatible fake (64 dimensions), so the figures are the pipeline's own.", ""]
+    lines = [
+        HEADING,
+        "",
+        f"{report['date']}, {report['machine']}. Extractive refiner; embeddings from the "
+        "loopback OpenAI-compatible fake (64 dimensions), so the figures are the pipeline's own.",
+        "",
+    ]
     if report["runners"]:
-        lines += [f"Developer half of the 2023 corpus ({report.get('runners_input')} models), one build "
-                  "each:", "", "| runner | wall | peak RSS per worker | release vs in-process |",
-                  "| --- | --- | --- | --- |"]
+        lines += [
+            f"Developer half of the 2023 corpus ({report.get('runners_input')} models), one build each:",
+            "",
+            "| runner | wall | peak RSS per worker | release vs in-process |",
+            "| --- | --- | --- | --- |",
+        ]
         for name, r in report["runners"].items():
             same = "reference" if "differences" not in r else (
                 "identical" if not r["differences"] else f"{len(r['differences'])} differences")  # fmt: skip
@@ -196,15 +214,47 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {r['wall_s']} s | {rss} | {same} ({r['written']} written) |")
         lines.append("")
     if report["memory"]:
-        lines += ["Peak RSS per SDK worker, synthetic catalogues through the portable 2-worker pool:", "",
-                  "| adapters | wall | peak RSS per worker |", "| --- | --- | --- |"]
+        service = ("Beam's stock `local_job_service_main`" if report.get("job_service") == "stock"
+                   else "`stylus_docs.job_service` (bundle inputs streamed)")  # fmt: skip
+        lines += [f"Peak RSS per SDK worker, synthetic catalogues through the portable 2-worker pool, job "
+                  f"service {service}:", "",
+                  "| adapters | wall | peak RSS per worker | input = written + filtered + dead letters |",
+                  "| --- | --- | --- | --- |"]  # fmt: skip
         for size, r in report["memory"].items():
             rss = ", ".join(f"{p:.0f}" for p in r["peak_rss_mib"]) + " MiB"
-            lines.append(f"| {int(size):,} | {r['wall_s']} s | {rss} |")
+            counts = "—"
+            if "filtered" in r:
+                total = r["written"] + r["filtered"] + r["dead"]
+                counts = (f"{r['input']:,} = {r['written']:,} + {r['filtered']:,} + {r['dead']:,}"
+                          if total == r["input"] else f"**{r['input']:,} ≠ {total:,}**")  # fmt: skip
+            lines.append(f"| {int(size):,} | {r['wall_s']} s | {rss} | {counts} |")
         if "memory_ratio" in report:
-            lines += ["", f"Largest worker peak, largest vs smallest catalogue: {report['memory_ratio']}× "
-                      "(target < 1.5×)."]
-    return "\n".join(lines) + "\n"
+            lines += [
+                "",
+                f"Largest worker peak, largest vs smallest catalogue: {report['memory_ratio']}× "
+                "(target < 1.5×).",
+            ]
+    return "\n".join([*lines, "", NOTES]) + "\n"
+
+
+#: What the runs found (kept in the section so that a rerun does not lose it).
+NOTES = (
+    "How the memory target was met. With Beam's stock local job service the worker's peak grew 2.0× for "
+    "4× the catalogue (2026-12-02: 1,728 → 3,452 MiB, 20,000 → 80,000 adapters), though everything the "
+    "toolkit holds is bounded (shards of ≤ 2,000 adapters / 10,000 images, counts by CombinePerKey, the "
+    "reuse join a CoGroupByKey, no per-process registry). The growth is the job service's: its "
+    "`FnApiRunner` sends a bundle's whole input to the SDK worker as one Fn API `Elements.Data` message "
+    "(a grouped PCollection even as one blob per partition), and the worker holds it for the whole "
+    "bundle — its count of Python objects stayed flat (≈ 300–380 k) while its RSS jumped 775 → 1,375 MiB "
+    "within one stage. `stylus_docs.job_service` re-slices each input into ≤ 10 MB element-aligned "
+    "messages sent from a thread beside the runner (a blocking bounded send deadlocks: the runner sends "
+    "all input before it starts the bundle). Its first version lost 267 of 80,000 adapters (2026-12-03; "
+    "reverted): the runner's data streams also flush on a one-second timer, and that flush reads the "
+    "buffer and then clears it under a lock `write` does not take, so a write in between vanished. Each "
+    "chunk is now written under that lock and flushed whole (`tests/test_job_service.py` drives the "
+    "runner's own time-based stream with a 1 ms flusher); the count column above is the build's own "
+    "invariant, checked by every build."
+)
 
 
 if __name__ == "__main__":
