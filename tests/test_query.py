@@ -237,7 +237,7 @@ def test_past_the_head_a_model_appears_once(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     write_release(docs, rows)
     query = "a giant reptile with wings burning a fortress"
-    collapsed = open_release(docs, config=SearchConfig(one_version_after=3)).search(
+    collapsed = open_release(docs, config=SearchConfig(one_version_after=3, every_version_share=None)).search(
         query, k=len(rows), include_nsfw=True
     )
     dragon_hits = [h.adapter_id for h in collapsed if h.adapter_id.startswith("civitai:102@")]
