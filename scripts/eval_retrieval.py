@@ -515,21 +515,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-#: What the grid showed (2026-12-02 run; kept in the section so a rerun does not lose it).
+#: What the grid showed (2026-12-02 and 2026-12-04 runs; kept in the section so a rerun does not lose it).
 FINDINGS = (
     "Findings. Fitted on creators' prompts only, the learned ranker applied to every query lifts creator "
-    "prompts on the tuning part (R@10 0.929 → 0.936, R@150 0.960 → 0.965) but costs COCO/Parti captions "
-    "Stylus R@10 0.680 → 0.591 (grid: gate 0-0). The default therefore applies it only to lexically "
-    "peaked queries (BM25 confidence share ramped in from 0.4 to 0.5: 22–54 % of creator prompts, ~0 % of"
-    " captions), which keeps the captions at the RRF's level and leaves a small creator gain (R@1 +0.003 "
-    "tuning, +0.006 validation); on the validation part the default is within 0.005 of the RRF on every "
-    "measure (Stylus R@150 0.916 → 0.911). The downloads prior hurts at any weight tried. Not met by any "
+    "prompts on the tuning part (R@10 0.929 → 0.936) but costs COCO/Parti captions Stylus R@10 0.680 → "
+    "0.591 (grid: gate 0-0). The default therefore applies it only to lexically peaked queries (BM25 "
+    "confidence share ramped in from 0.4 to 0.5: about half the creator prompts, ~0 % of captions), which "
+    "keeps the captions at the RRF's level and leaves a small creator gain (R@1 +0.003 tuning, +0.006 "
+    "validation). Keeping every version for queries with BM25 share ≥ 0.35 (`every_version_share`, "
+    "chosen on the tuning part: creator R@150 0.961 → 0.965, Stylus unchanged) carried over to the "
+    "validation part: creator R@150 0.954 → 0.964, Stylus R@150 0.911 unchanged. The downloads prior "
+    "hurts at any weight tried. A learned query encoder, tried as a linear map on the query vector (q' = "
+    "normalize(q + qA), 384×384, trained on the ranker's own pairs with a full softmax over every card, "
+    "early-stopped by model id; `train_query_map`): it lifts dense-only creator R@10 0.622 → 0.801 on the "
+    "tuning part, so the card vectors and creators' prompts are far apart, but in the fusion BM25 already "
+    "finds those targets (creator R@10 +0.002 at half strength) while captions lose (Stylus R@150 0.925 → "
+    "0.914; 0.892 at full strength); gated to peaked queries it gains nothing. Not shipped. Not met by any "
     "configuration tried: creator R@10 ≥ 0.93 and R@150 ≥ 0.97, Stylus R@150 ≥ 0.95 on the validation "
-    "part (keeping every version reaches creator R@150 0.967 but drops Stylus R@150 to 0.892). On the "
-    "validation part the default is ahead of BM25-only and dense-only on every measure; on the tuning "
-    "part dense-only leads on Stylus R@10 (0.703 vs 0.680) and R@150 (0.926 vs 0.925). The resources "
-    "measure's queries are mostly images made with the target itself (their LoRA list names it), so it "
-    "tracks the creator measure."
+    "part. On the validation part the default is ahead of BM25-only and dense-only on every measure; on "
+    "the tuning part dense-only leads on Stylus R@10 (0.703 vs 0.680) and R@150 (0.926 vs 0.925). The "
+    "resources measure's queries are mostly images made with the target itself (their LoRA list names "
+    "it), so it tracks the creator measure."
 )
 
 
@@ -567,6 +573,83 @@ def tuning_grid(release, creator, stylus, vectors_c, vectors_s) -> dict[str, dic
         out[f"learned (default), one version after {after}"] = evaluate(
             release, creator, stylus, cfg, vectors_c, vectors_s
         )
+    out.update(query_map_rows(release, rows, pairs, creator, stylus, vectors_c, vectors_s))
+    return out
+
+
+def train_query_map(
+    queries: np.ndarray, embeddings: np.ndarray, targets: np.ndarray, groups: list[str], tau: float = 20.0
+) -> np.ndarray:
+    """A linear query-side map ``A`` (``q' = normalize(q + q A)``) fitted on (prompt vector → card row)
+    pairs: full softmax over every card at temperature ``tau``, AdamW, early-stopped on a fifth of the
+    pairs held out by model id (sha256 mod 10 < 2). Tried as a learned query encoder that costs one
+    384×384 product per query; see FINDINGS for why it is not shipped."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    torch.manual_seed(0)
+    q = torch.tensor(queries, dtype=torch.float32)
+    e = torch.tensor(embeddings, dtype=torch.float32)
+    t = torch.tensor(targets)
+    val = torch.tensor([int(hashlib.sha256(g.encode()).hexdigest(), 16) % 10 < 2 for g in groups])
+    a = torch.zeros(q.shape[1], q.shape[1], requires_grad=True)
+    opt = torch.optim.AdamW([a], lr=3e-3, weight_decay=1.0)
+    best, best_a = float("inf"), a.detach().clone()
+    for _ in range(200):
+        logits = tau * F.normalize(q + q @ a, dim=1) @ e.T
+        loss = F.cross_entropy(logits[~val], t[~val])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            held = float(F.cross_entropy(logits[val], t[val]))
+        if held < best:
+            best, best_a = held, a.detach().clone()
+    return best_a.numpy()
+
+
+def query_map_rows(release, rows, pairs, creator, stylus, vectors_c, vectors_s) -> dict[str, dict]:
+    """The tuning grid's rows for :func:`train_query_map`, trained on the learned ranker's own pairs
+    (never a held-out prompt): applied to every query, at half strength, and gated by BM25 share."""
+    from stylus_docs.query.core import _top, confidence_weights
+
+    texts = [strip_tags(rows[r]["example_prompts"][j]) for r, j in pairs]
+    a = train_query_map(
+        np.asarray(release.embedder.embed(texts)),
+        release.embeddings,
+        np.asarray([r for r, _ in pairs]),
+        [_model(rows[r]["adapter_id"]) for r, _ in pairs],
+    )
+    default = SearchConfig()
+
+    def share(d: np.ndarray, lx: np.ndarray) -> float:
+        d_top, l_top = _top(d, default.depth), _top(np.where(lx > 0, lx, -np.inf), default.depth)
+        lex_top = np.zeros(max(len(d_top), len(l_top)))
+        lex_top[: len(l_top)] = lx[l_top]
+        return confidence_weights(d[d_top], lex_top, default.dense_confidence)[1] / 2.0
+
+    def mapped(queries, vectors, strength) -> list[tuple[np.ndarray, np.ndarray]]:
+        qv = np.asarray(release.embedder.embed([x["query"] for x in queries]))
+        g = np.asarray([strength(share(d, lx)) for d, lx in vectors])[:, None]
+        q2 = qv + g * (qv @ a)
+        q2 /= np.linalg.norm(q2, axis=1, keepdims=True)
+        return [(release.embeddings @ v, lx) for v, (_, lx) in zip(q2, vectors, strict=True)]
+
+    out = {}
+    for name, strength in (
+        ("every query", lambda _s: 1.0),
+        ("half strength", lambda _s: 0.5),
+        ("BM25 share ramp 0.2-0.3", lambda s: float(np.clip((s - 0.2) / 0.1, 0, 1))),
+        ("BM25 share ramp 0.3-0.4", lambda s: float(np.clip((s - 0.3) / 0.1, 0, 1))),
+    ):
+        vc, vs = mapped(creator, vectors_c, strength), mapped(stylus, vectors_s, strength)
+        out[f"learned (default) + linear query map, {name}"] = evaluate(
+            release, creator, stylus, default, vc, vs
+        )
+    out["dense only + linear query map, every query"] = evaluate(
+        release, creator, stylus, SearchConfig(fusion="dense"),
+        mapped(creator, vectors_c, lambda _s: 1.0), mapped(stylus, vectors_s, lambda _s: 1.0),
+    )  # fmt: skip
     return out
 
 

@@ -87,8 +87,8 @@ class SearchConfig:
     one_version_after: int | None = 10
     # ...but a lexically peaked query (a creator's prompt, a trigger word) names one exact version, and a
     # sibling version ranked above it must not push it out: those queries keep every version. 0.35 was
-    # the best on the tuning part (creator R@150 0.961 -> 0.965, Stylus unchanged; 25-50 % of creator
-    # prompts pass it, about 10 % of captions).
+    # the best on the tuning part (creator R@150 0.961 -> 0.965, Stylus unchanged; about 70 % of creator
+    # prompts pass it, under 10 % of captions).
     every_version_share: float | None = 0.35
     # The release's learned ranker (stylus_docs/query/learned.py) replaces the RRF score when the
     # release ships one; a release without it ranks with the RRF above.
