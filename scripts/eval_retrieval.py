@@ -319,8 +319,10 @@ def _model(aid: str) -> str:
 
 
 def evaluate(release, creator, stylus, cfg: SearchConfig, vectors_c, vectors_s, learned=None) -> dict:
-    """Recall figures per part (``tuning`` / ``validation``) for one fusion config from precomputed score
-    vectors. ``learned``: the ranker to use with ``cfg.learned`` (default: the release's own)."""
+    """Recall figures per part (``tuning`` / ``validation``) for one fusion config from precomputed plain
+    score vectors. ``learned``: the model to use (default: the release's own with ``cfg.learned``); its
+    gate and query map are applied per query as :class:`stylus_docs.query.Release` does (each query's
+    plain vector is ``q["vec"]``)."""
     model_of = [_model(aid) for aid in release.ids]
     row_of = release.row_of
     codes = release.model_codes
@@ -338,8 +340,17 @@ def evaluate(release, creator, stylus, cfg: SearchConfig, vectors_c, vectors_s, 
                 for kk in (10, 150):
                     acc[part][f"{name}@{kk}"].append(sum(0 < r <= kk for r in mine) / len(mine))
 
+    def scored(q: dict[str, Any], d: np.ndarray) -> tuple[np.ndarray, float]:
+        if learned is None:
+            return d, 0.0
+        gate = learned.gate(q["query"])
+        if gate and learned.query_map is not None and learned.map_strength:
+            d = release.embeddings @ learned.map_queries([q["query"]], q["vec"][None, :])[0]
+        return d, gate
+
     for q, (d, lx) in zip(creator, vectors_c, strict=True):
-        order, *_ = fuse(d, lx, None, k, cfg, codes, learned, prior)
+        d, gate = scored(q, d)
+        order, *_ = fuse(d, lx, None, k, cfg, codes, learned, prior, gate)
         target = row_of.get(q["target"])
         rank = order.index(target) + 1 if target in order else 0
         for kk in KS:
@@ -347,7 +358,8 @@ def evaluate(release, creator, stylus, cfg: SearchConfig, vectors_c, vectors_s, 
         if q.get("models"):
             shares(order, q["models"], "resources")
     for q, (d, lx) in zip(stylus, vectors_s, strict=True):
-        order, *_ = fuse(d, lx, None, k, cfg, codes, learned, prior)
+        d, gate = scored(q, d)
+        order, *_ = fuse(d, lx, None, k, cfg, codes, learned, prior, gate)
         shares(order, q["models"], "stylus")
     out = {p: {m: float(np.mean(v)) if v else float("nan") for m, v in acc[p].items()} for p in PARTS}
     for p in PARTS:
@@ -436,8 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         len(stylus),
     )
     t0 = time.perf_counter()
-    vectors_c = release.score_vectors([q["query"] for q in creator])
-    vectors_s = release.score_vectors([q["query"] for q in stylus])
+    vectors_c = release.score_vectors([q["query"] for q in creator], mapped=False)
+    vectors_s = release.score_vectors([q["query"] for q in stylus], mapped=False)
+    for queries in (creator, stylus):  # the plain query vectors (cached), for the learned query map
+        for q, vec in zip(queries, release.embedder.embed([q["query"] for q in queries]), strict=True):
+            q["vec"] = np.asarray(vec, dtype=np.float32)
     log.info("scored all queries in %.1fs", time.perf_counter() - t0)
 
     default = SearchConfig()
@@ -517,30 +532,29 @@ def main(argv: list[str] | None = None) -> int:
 
 #: What the grid showed (2026-12-02 and 2026-12-04 runs; kept in the section so a rerun does not lose it).
 FINDINGS = (
-    "Findings. Fitted on creators' prompts only, the learned ranker applied to every query lifts creator "
-    "prompts on the tuning part (R@10 0.929 → 0.936) but costs COCO/Parti captions Stylus R@10 0.680 → "
-    "0.591 (grid: gate 0-0). The default therefore applies it only to lexically peaked queries (BM25 "
-    "confidence share ramped in from 0.4 to 0.5: about half the creator prompts, ~0 % of captions), which "
-    "keeps the captions at the RRF's level and leaves a small creator gain (R@1 +0.003 tuning, +0.006 "
-    "validation). Keeping every version for queries with BM25 share ≥ 0.35 (`every_version_share`, "
-    "chosen on the tuning part: creator R@150 0.961 → 0.965, Stylus unchanged) carried over to the "
-    "validation part: creator R@150 0.954 → 0.964, Stylus R@150 0.911 unchanged. The downloads prior "
-    "hurts at any weight tried. A learned query encoder, tried as a linear map on the query vector (q' = "
-    "normalize(q + qA), 384×384, trained on the ranker's own pairs with a full softmax over every card, "
-    "early-stopped by model id; `train_query_map`): it lifts dense-only creator R@10 0.622 → 0.801 on the "
-    "tuning part, so the card vectors and creators' prompts are far apart, but in the fusion BM25 already "
-    "finds those targets (creator R@10 +0.002 at half strength) while captions lose (Stylus R@150 0.925 → "
-    "0.914; 0.892 at full strength); gated to peaked queries it gains nothing. Not shipped. Not met by any "
-    "configuration tried: creator R@10 ≥ 0.93 and R@150 ≥ 0.97, Stylus R@150 ≥ 0.95 on the validation "
-    "part. On the validation part the default is ahead of BM25-only and dense-only on every measure; on "
-    "the tuning part dense-only leads on Stylus R@10 (0.703 vs 0.680) and R@150 (0.926 vs 0.925). The "
+    "Findings. What is learned from the catalogue's prompts helps prompts shaped like them and hurts "
+    "captions: applied to every query, the learned ranker lifts creator R@10 on the tuning part to 0.940 "
+    "but costs COCO/Parti captions Stylus R@10 0.680 → 0.587 (grid: tag list from 0 segments). Both "
+    "learned parts therefore apply only to tag-list prompts (≥ 4 comma-separated segments: 93 % of "
+    "creators' prompts, 0.3 % of captions; 3 and 5 measured the same), which leaves captions exactly at "
+    "the RRF's ranking. The first version gated by BM25 peakedness instead (share ramp 0.4–0.5), which "
+    "only half the creator prompts pass: creator R@10 0.906 on the validation part, now 0.925. The linear "
+    "query map (q' = normalize(q + 0.5·qA), 384×384, fitted on the same pairs with a softmax over the "
+    "cards, early-stopped by model) lifts dense-only creator R@10 0.622 → 0.783 on the tuning part; in "
+    "the fusion it adds R@10 +0.003 (strength 0 vs 0.5; at 1 the dense side overfits). Keeping every "
+    "version for queries with BM25 share ≥ 0.35 (`every_version_share`) lifted creator R@150 0.954 → "
+    "0.964 on the validation part with Stylus unchanged. The downloads prior hurts at any weight tried. "
+    "Not met: creator R@10 ≥ 0.93 (0.925) and R@150 ≥ 0.97 (0.967), Stylus R@150 ≥ 0.95 (0.916: captions "
+    "get no learned help, since the catalogue holds no caption-style queries to learn from). On the "
+    "validation part the default is ahead of BM25-only and dense-only on every measure; on the tuning "
+    "part dense-only still leads on Stylus R@10 (0.703 vs 0.680) and ties on R@150 (0.926). The "
     "resources measure's queries are mostly images made with the target itself (their LoRA list names "
     "it), so it tracks the creator measure."
 )
 
 
 def tuning_grid(release, creator, stylus, vectors_c, vectors_s) -> dict[str, dict]:
-    """Learned rankers fitted here with other settings, and RRF variants; judged on the tuning part."""
+    """Learned models fitted here with other settings, and RRF variants; judged on the tuning part."""
     from stylus_docs.query import learned as learned_fusion
     from stylus_docs.query.lexical import TEXT_COLUMNS
     from stylus_docs.release import read_table
@@ -550,106 +564,33 @@ def tuning_grid(release, creator, stylus, vectors_c, vectors_s) -> dict[str, dic
     out: dict[str, dict] = {}
     default = SearchConfig()
     pairs = learned_fusion.training_pairs(rows, getattr(release.embedder, "tokenizer", None))
-    groups = learned_fusion.training_groups(rows, release.embeddings, release.embedder, pairs)
-    settings = [((0.0, 0.0), 1e-3, 0.0), ((0.35, 0.35), 1e-3, 0.0), ((0.4, 0.4), 1e-3, 0.0)]
-    settings += [((0.4, 0.5), l2, 0.0) for l2 in (1e-4, 1e-3, 1e-2)] + [((0.4, 0.5), 1e-3, 0.05)]
-    for gate_range, l2, prior_weight in settings:
-        model = learned_fusion.learn(
-            rows, release.embeddings, release.embedder, l2=l2, prior_weight=prior_weight,
-            gate_range=gate_range, groups=groups,
-        )  # fmt: skip
-        name = f"learned gate={gate_range[0]:g}-{gate_range[1]:g} l2={l2:g} prior={prior_weight:g}"
-        out[name] = evaluate(release, creator, stylus, default, vectors_c, vectors_s, learned=model)
+    qvecs = learned_fusion.pair_queries(rows, release.embedder, pairs)
+    groups = learned_fusion.training_groups(rows, release.embeddings, release.embedder, pairs, qvecs=qvecs)
+    base = learned_fusion.learn(rows, release.embeddings, release.embedder, groups=groups, qvecs=qvecs)
+
+    def row(name: str, model, cfg: SearchConfig = default) -> None:
+        out[name] = evaluate(release, creator, stylus, cfg, vectors_c, vectors_s, learned=model)
+
+    for seg in (0, 3, 5):
+        row(f"learned, tag list from {seg} segments" + (" (every query)" if seg == 0 else ""),
+            replace(base, min_segments=seg))  # fmt: skip
+    for strength in (0.0, 0.25, 1.0):
+        row(f"learned, query map strength {strength:g}", replace(base, map_strength=strength))
+    row("dense only, query map on tag lists", base, SearchConfig(fusion="dense"))
+    for l2 in (1e-4, 1e-2):
+        refit = learned_fusion.learn(
+            rows, release.embeddings, release.embedder, l2=l2, map_strength=0.0, groups=groups, qvecs=qvecs
+        )
+        row(f"learned, l2={l2:g}", replace(refit, query_map=base.query_map, map_strength=base.map_strength))
+    row("learned, downloads prior 0.05", replace(base, prior_weight=0.05))
     for conf in (1.5, 3.0, 5.0):
         cfg = replace(default, learned=False, dense_confidence=conf)
         out[f"RRF dense_confidence={conf:g}"] = evaluate(release, creator, stylus, cfg, vectors_c, vectors_s)
-    for share in (0.3, 0.35, 0.4, 0.45, 0.5):
-        cfg = replace(default, every_version_share=share)
-        out[f"learned (default), every version from BM25 share {share:g}"] = evaluate(
-            release, creator, stylus, cfg, vectors_c, vectors_s
-        )
+    for share in (0.3, 0.4, 0.5):
+        row(f"learned (default), every version from BM25 share {share:g}", base,
+            replace(default, every_version_share=share))  # fmt: skip
     for after in (20, 50):
-        cfg = replace(default, one_version_after=after)
-        out[f"learned (default), one version after {after}"] = evaluate(
-            release, creator, stylus, cfg, vectors_c, vectors_s
-        )
-    out.update(query_map_rows(release, rows, pairs, creator, stylus, vectors_c, vectors_s))
-    return out
-
-
-def train_query_map(
-    queries: np.ndarray, embeddings: np.ndarray, targets: np.ndarray, groups: list[str], tau: float = 20.0
-) -> np.ndarray:
-    """A linear query-side map ``A`` (``q' = normalize(q + q A)``) fitted on (prompt vector → card row)
-    pairs: full softmax over every card at temperature ``tau``, AdamW, early-stopped on a fifth of the
-    pairs held out by model id (sha256 mod 10 < 2). Tried as a learned query encoder that costs one
-    384×384 product per query; see FINDINGS for why it is not shipped."""
-    import torch
-    import torch.nn.functional as F  # noqa: N812
-
-    torch.manual_seed(0)
-    q = torch.tensor(queries, dtype=torch.float32)
-    e = torch.tensor(embeddings, dtype=torch.float32)
-    t = torch.tensor(targets)
-    val = torch.tensor([int(hashlib.sha256(g.encode()).hexdigest(), 16) % 10 < 2 for g in groups])
-    a = torch.zeros(q.shape[1], q.shape[1], requires_grad=True)
-    opt = torch.optim.AdamW([a], lr=3e-3, weight_decay=1.0)
-    best, best_a = float("inf"), a.detach().clone()
-    for _ in range(200):
-        logits = tau * F.normalize(q + q @ a, dim=1) @ e.T
-        loss = F.cross_entropy(logits[~val], t[~val])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            held = float(F.cross_entropy(logits[val], t[val]))
-        if held < best:
-            best, best_a = held, a.detach().clone()
-    return best_a.numpy()
-
-
-def query_map_rows(release, rows, pairs, creator, stylus, vectors_c, vectors_s) -> dict[str, dict]:
-    """The tuning grid's rows for :func:`train_query_map`, trained on the learned ranker's own pairs
-    (never a held-out prompt): applied to every query, at half strength, and gated by BM25 share."""
-    from stylus_docs.query.core import _top, confidence_weights
-
-    texts = [strip_tags(rows[r]["example_prompts"][j]) for r, j in pairs]
-    a = train_query_map(
-        np.asarray(release.embedder.embed(texts)),
-        release.embeddings,
-        np.asarray([r for r, _ in pairs]),
-        [_model(rows[r]["adapter_id"]) for r, _ in pairs],
-    )
-    default = SearchConfig()
-
-    def share(d: np.ndarray, lx: np.ndarray) -> float:
-        d_top, l_top = _top(d, default.depth), _top(np.where(lx > 0, lx, -np.inf), default.depth)
-        lex_top = np.zeros(max(len(d_top), len(l_top)))
-        lex_top[: len(l_top)] = lx[l_top]
-        return confidence_weights(d[d_top], lex_top, default.dense_confidence)[1] / 2.0
-
-    def mapped(queries, vectors, strength) -> list[tuple[np.ndarray, np.ndarray]]:
-        qv = np.asarray(release.embedder.embed([x["query"] for x in queries]))
-        g = np.asarray([strength(share(d, lx)) for d, lx in vectors])[:, None]
-        q2 = qv + g * (qv @ a)
-        q2 /= np.linalg.norm(q2, axis=1, keepdims=True)
-        return [(release.embeddings @ v, lx) for v, (_, lx) in zip(q2, vectors, strict=True)]
-
-    out = {}
-    for name, strength in (
-        ("every query", lambda _s: 1.0),
-        ("half strength", lambda _s: 0.5),
-        ("BM25 share ramp 0.2-0.3", lambda s: float(np.clip((s - 0.2) / 0.1, 0, 1))),
-        ("BM25 share ramp 0.3-0.4", lambda s: float(np.clip((s - 0.3) / 0.1, 0, 1))),
-    ):
-        vc, vs = mapped(creator, vectors_c, strength), mapped(stylus, vectors_s, strength)
-        out[f"learned (default) + linear query map, {name}"] = evaluate(
-            release, creator, stylus, default, vc, vs
-        )
-    out["dense only + linear query map, every query"] = evaluate(
-        release, creator, stylus, SearchConfig(fusion="dense"),
-        mapped(creator, vectors_c, lambda _s: 1.0), mapped(stylus, vectors_s, lambda _s: 1.0),
-    )  # fmt: skip
+        row(f"learned (default), one version after {after}", base, replace(default, one_version_after=after))
     return out
 
 

@@ -194,9 +194,11 @@ class CandidateSource:
         if not texts:
             return []
         cfg = self.release.config
+        # The composer ranks with the RRF (``rank``), so the learned query map stays off here too.
         return self.release.score_vectors(
-            list(texts), dense=cfg.fusion in ("rrf", "dense"), lexical=cfg.fusion in ("rrf", "bm25")
-        )
+            list(texts), dense=cfg.fusion in ("rrf", "dense"), lexical=cfg.fusion in ("rrf", "bm25"),
+            mapped=False,
+        )  # fmt: skip
 
     def rank(
         self, vectors: Sequence[tuple[np.ndarray, np.ndarray]], k: int, mask: np.ndarray | None

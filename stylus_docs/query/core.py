@@ -288,6 +288,7 @@ def fuse(
     model_codes: np.ndarray | None = None,
     learned: LearnedFusion | None = None,
     prior: np.ndarray | None = None,
+    gate: float = 1.0,
 ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
     """Rank rows from full dense and BM25 score vectors under a row mask.
 
@@ -300,6 +301,7 @@ def fuse(
         model_codes: model code of every row, for ``cfg.one_version_after`` (None: no collapsing).
         learned: the release's learned ranker; with ``cfg.learned`` it scores the RRF candidates.
         prior: :func:`stylus_docs.query.learned.prior_vector` of every row (needed with ``learned``).
+        gate: the query's :meth:`LearnedFusion.gate` (0: the learned correction is off for it).
 
     Returns:
         ``(rows best first, their fused scores, dense rank of every row, BM25 rank of every row,
@@ -351,7 +353,7 @@ def fuse(
         w_dense, w_bm25 = w_dense * m_dense, w_bm25 * m_bm25
     if learned is not None and cfg.learned and prior is not None:
         feats = candidate_features(dense, lex, cand, d_rank, l_rank, (m_dense, m_bm25), prior)
-        fused = learned.score(feats, m_bm25 / 2.0)
+        fused = learned.score(feats, gate)
     else:
         fused[rd > 0] += w_dense / (cfg.rrf_k + rd[rd > 0])
         fused[rl > 0] += w_bm25 / (cfg.bm25_rrf_k + rl[rl > 0])
@@ -563,20 +565,25 @@ class Release:
         use_dense = self.config.fusion in ("rrf", "dense")
         use_bm25 = self.config.fusion in ("rrf", "bm25")
         results: list[list[Hit]] = []
-        for dense, lex in self.score_vectors(texts, dense=use_dense, lexical=use_bm25):
-            results.append(self._rank(dense, lex, mask, k))
+        scored = self.score_vectors(texts, dense=use_dense, lexical=use_bm25)
+        for text, (dense, lex) in zip(texts, scored, strict=True):
+            results.append(self._rank(dense, lex, mask, k, text))
         return results
 
     def score_vectors(
-        self, texts: Sequence[str], *, dense: bool = True, lexical: bool = True
+        self, texts: Sequence[str], *, dense: bool = True, lexical: bool = True, mapped: bool | None = None
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per text, the full cosine and BM25 score vectors over all rows (zeros for a side turned off).
 
         The building block of :meth:`search_batch`; evaluation scripts use it to try fusion settings
-        without re-scoring.
+        without re-scoring. ``mapped``: apply the learned query map to tag-list prompts (default: when
+        this release's search uses the learned model).
         """
         n = len(self.ids)
         qvecs = self.embedder.embed(list(texts)) if dense and texts else None
+        learned = self._uses_learned() if mapped is None else (self.learned if mapped else None)
+        if qvecs is not None and learned is not None:
+            qvecs = learned.map_queries(list(texts), np.asarray(qvecs, dtype=np.float32))
         dense_all = self.embeddings @ qvecs.T if qvecs is not None else None  # (n, B)
         out = []
         for j, text in enumerate(texts):
@@ -585,11 +592,18 @@ class Release:
             out.append((d, lx))
         return out
 
-    def _rank(self, dense: np.ndarray, lex: np.ndarray, mask: np.ndarray | None, k: int) -> list[Hit]:
-        learned = self.learned if self.config.learned and self.config.fusion == "rrf" else None
+    def _uses_learned(self) -> LearnedFusion | None:
+        """The learned model this release's search applies (None: plain RRF/dense/BM25)."""
+        return self.learned if self.config.learned and self.config.fusion == "rrf" else None
+
+    def _rank(
+        self, dense: np.ndarray, lex: np.ndarray, mask: np.ndarray | None, k: int, text: str = ""
+    ) -> list[Hit]:
+        learned = self._uses_learned()
         order, fused, d_rank, l_rank, (w_dense, w_bm25) = fuse(
-            dense, lex, mask, k, self.config, self.model_codes, learned, self.prior if learned else None
-        )
+            dense, lex, mask, k, self.config, self.model_codes, learned, self.prior if learned else None,
+            learned.gate(text) if learned is not None else 0.0,
+        )  # fmt: skip
         fields = self.fields(order)
         return [
             Hit(
