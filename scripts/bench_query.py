@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stylus_docs.query import open_release  # noqa: E402
+from stylus_docs.query import SearchConfig, open_release  # noqa: E402
 from stylus_docs.query.core import _top  # noqa: E402
 
 log = logging.getLogger("bench_query")
@@ -267,6 +267,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     release.search_batch(queries, k=150)
     batch_s = time.perf_counter() - t0
+    # What the learned ranker and query map cost: the same release without them, queries interleaved so
+    # that the machine's drift hits both alike.
+    plain = open_release(docs, config=SearchConfig(learned=False))
+    plain.search(queries[0], k=150)
+    with_l, without_l = [], []
+    for q in queries[:300]:
+        for rel, acc in ((release, with_l), (plain, without_l)):
+            t0 = time.perf_counter()
+            rel.search(q, k=150)
+            acc.append(time.perf_counter() - t0)
+    gated = sum(release.learned.gate(q) for q in queries) / len(queries) if release.learned else 0.0
 
     # Scoring step vs plain numpy brute force, same matrix, same query vectors.
     emb = release.embeddings
@@ -309,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         "| p50 ≤ 30 ms |",
         f"| of which query embedding (numpy MiniLM) p50 | {statistics.median(enc_lat) * 1e3:.1f} ms | |",
         f"| of which BM25 scores (bm25s) p50 | {statistics.median(lex_t) * 1e3:.1f} ms | |",
+        f"| warm `search` p50 with / without the learned ranker + query map (interleaved; {gated:.0%} of the "
+        f"queries are tag lists, which get them) | {statistics.median(with_l) * 1e3:.1f} / "
+        f"{statistics.median(without_l) * 1e3:.1f} ms | |",
         f"| batch `search_batch` throughput | {len(queries) / batch_s:.0f} queries/s | |",
         f"| dense scoring step (matmul + mask + top-{release.config.depth}) p50 | {o50:.2f} ms | |",
         f"| plain numpy brute force (matmul + argpartition top-150) p50 | {b50:.2f} ms | |",
