@@ -290,7 +290,7 @@ def test_the_fit_learns_which_signal_finds_the_target() -> None:
     assert int(np.argmax(w)) == 1 and loss < np.log(30)
 
 
-def test_the_query_map_experiment_learns_a_systematic_query_shift() -> None:
+def test_the_query_map_learns_a_systematic_query_shift() -> None:
     """`learned.train_query_map` must undo a fixed distortion between query and card vectors, judged on
     pairs it was not fitted on."""
     rng = np.random.default_rng(0)

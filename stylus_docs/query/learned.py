@@ -141,11 +141,10 @@ class LearnedFusion:
         """Query vectors with the query map applied to the gated (tag-list) ones; the rest unchanged."""
         if self.query_map is None or self.map_strength == 0:
             return qvecs
-        gates = np.asarray([self.gate(t) for t in texts], dtype=np.float32)
-        if not gates.any():
+        on = np.asarray([self.gate(t) > 0 for t in texts], dtype=bool)
+        if not on.any():
             return qvecs
         out = np.array(qvecs, dtype=np.float32)
-        on = gates > 0
         moved = out[on] + self.map_strength * (out[on] @ self.query_map)
         out[on] = moved / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
         return out
@@ -412,9 +411,8 @@ def training_groups(
     depth: int = 1000,
     dense_confidence: float | None = None,
     qvecs: np.ndarray | None = None,
-) -> tuple[list[np.ndarray], list[float]]:
-    """Per usable training pair, the :data:`FEATURES` of its candidates (the target's row first) and the
-    query's BM25 confidence share (for :func:`gate`).
+) -> list[np.ndarray]:
+    """Per usable training pair, the :data:`FEATURES` of its candidates (the target's row first).
 
     The pair's prompt is scored against a BM25 index whose documents lack their own training prompt, and
     against the card vectors (which never held it, see :func:`training_pairs`). ``qvecs``: the
@@ -439,7 +437,6 @@ def training_groups(
     prior = prior_vector([row.get("downloads") for row in rows])
     n = len(rows)
     groups: list[np.ndarray] = []
-    shares: list[float] = []
     for start in range(0, len(pairs), 256):
         dense_block = embeddings @ qvecs[start : start + 256].T
         for off in range(dense_block.shape[1]):
@@ -463,8 +460,7 @@ def training_groups(
             member[r] = False
             cand = np.concatenate([[r], np.flatnonzero(member)])
             groups.append(candidate_features(dense, lex, cand, d_rank, l_rank, (m_dense, m_bm25), prior))
-            shares.append(m_bm25 / 2.0)
-    return groups, shares
+    return groups
 
 
 def learn(
@@ -479,7 +475,7 @@ def learn(
     depth: int = 1000,
     min_segments: int = TAG_SEGMENTS,
     map_strength: float = MAP_STRENGTH,
-    groups: tuple[list[np.ndarray], list[float]] | None = None,
+    groups: list[np.ndarray] | None = None,
     qvecs: np.ndarray | None = None,
 ) -> LearnedFusion | None:
     """Fit the ranker on the release's own pairs (None when there are too few of them).
@@ -522,15 +518,13 @@ def learn(
         qvecs = pair_queries(rows, embedder, pairs)  # embedded once: the fit and the query map share them
     if groups is None:
         groups = training_groups(rows, embeddings, embedder, pairs, depth, qvecs=qvecs)
-    groups, shares = groups
     if len(groups) < MIN_PAIRS:
         log.info("learned fusion: only %d usable training pairs; the release ranks with RRF", len(groups))
         return None
     x0 = None
     if previous is not None:
         x0 = previous.weights  # warm start (the standardisation is recomputed; close enough to help)
-    del shares  # the fit is ungated; the gate applies at query time (see :func:`gate`)
-    w, mean, scale, fun = _fit(groups, l2, x0)
+    w, mean, scale, fun = _fit(groups, l2, x0)  # ungated: the gate applies at query time (:func:`gate`)
     query_map, map_info = None, {}
     if map_strength > 0:
         # The ranker is fitted on the plain cosines above: the map is fitted on these very pairs, so
