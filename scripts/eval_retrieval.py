@@ -450,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     vectors_c = release.score_vectors([q["query"] for q in creator], mapped=False)
     vectors_s = release.score_vectors([q["query"] for q in stylus], mapped=False)
+    # The single-retriever baselines score with the plain cosine (no concept boost for captions).
+    plain_c = release.score_vectors([q["query"] for q in creator], mapped=False, concepts=False)
+    plain_s = release.score_vectors([q["query"] for q in stylus], mapped=False, concepts=False)
     for queries in (creator, stylus):  # the plain query vectors (cached), for the learned query map
         for q, vec in zip(queries, release.embedder.embed([q["query"] for q in queries]), strict=True):
             q["vec"] = np.asarray(vec, dtype=np.float32)
@@ -464,7 +467,14 @@ def main(argv: list[str] | None = None) -> int:
         "hybrid, learned, every version": replace(default, one_version_after=None),
     }
     rows = {
-        name: evaluate(release, creator, stylus, cfg, vectors_c, vectors_s) for name, cfg in configs.items()
+        name: evaluate(
+            release,
+            creator,
+            stylus,
+            cfg,
+            *((vectors_c, vectors_s) if cfg.fusion == "rrf" else (plain_c, plain_s)),
+        )
+        for name, cfg in configs.items()
     }
     # The default's numbers straight from the public API, as a check on the vectorised evaluation.
     sample_idx = list(range(0, len(creator), max(1, len(creator) // 300)))
@@ -473,6 +483,20 @@ def main(argv: list[str] | None = None) -> int:
     api_r10 = sum(q["target"] in {h.adapter_id for h in hs} for q, hs in zip(sample, api_hits, strict=True))
     vec = evaluate(release, sample, [], default, [vectors_c[i] for i in sample_idx], [])
     vec_r10 = np.mean([x for p in PARTS for x in [vec[p]["creator@10"]] * vec[p]["n"]["creator@10"]])
+    # The same for captions (the concept boost runs inside Release.search_batch).
+    s_idx = list(range(0, len(stylus), max(1, len(stylus) // 100)))
+    s_hits = release.search_batch([stylus[i]["query"] for i in s_idx], k=150, include_nsfw=True)
+    api_s150 = np.mean([
+        np.mean([m in {_model(h.adapter_id) for h in hs} for m in stylus[i]["models"]])
+        for i, hs in zip(s_idx, s_hits, strict=True)
+    ])  # fmt: skip
+    vec_s150 = np.mean([
+        np.mean([0 < r <= 150 for r in ranks_for(
+            fuse(*vectors_s[i], None, 150, default, release.model_codes, release.learned, release.prior,
+                 release.learned.gate(stylus[i]["query"]) if release.learned else 0.0)[0],
+            stylus[i]["models"], lambda r: _model(str(release.ids[r])))])
+        for i in s_idx
+    ])  # fmt: skip
     grid: dict[str, dict] = {}
     if args.grid:
         grid = tuning_grid(release, creator, stylus, vectors_c, vectors_s)
@@ -513,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         *table_rows(rows, "tuning"),
         "",
         f"Check on {len(sample)} creator queries: `Release.search_batch` R@10 = {api_r10 / len(sample):.3f}, "
-        f"the vectorised evaluation = {vec_r10:.3f}.",
+        f"the vectorised evaluation = {vec_r10:.3f}; on {len(s_idx)} captions, the share of Stylus' "
+        f"models in `search_batch`'s top 150 = {api_s150:.3f}, from the score vectors = {vec_s150:.3f}.",
         "",
         "Targets (validation part, one default configuration): creator R@10 ≥ 0.93 and R@150 ≥ 0.97; "
         "Stylus R@150 ≥ 0.95 with R@10 not below the RRF's; resources R@150 reported; ahead of BM25-only and "
@@ -591,6 +616,20 @@ def tuning_grid(release, creator, stylus, vectors_c, vectors_s) -> dict[str, dic
             replace(default, every_version_share=share))  # fmt: skip
     for after in (20, 50):
         row(f"learned (default), one version after {after}", base, replace(default, one_version_after=after))
+    # The concept boost of sentence-shaped prompts (stylus_docs/query/concepts.py) at other weights.
+    opened_with = release.config
+    try:
+        for weight in (0.0, 0.5, 1.0):
+            release.config = replace(default, concept_weight=weight)
+            vc = release.score_vectors([q["query"] for q in creator], mapped=False)
+            vs = release.score_vectors([q["query"] for q in stylus], mapped=False)
+            out[f"learned (default), concept weight {weight:g}"] = evaluate(
+                release, creator, stylus, release.config, vc, vs, learned=base
+            )
+    finally:
+        release.config = opened_with
+    out["dense only, concept boost"] = evaluate(release, creator, stylus, SearchConfig(fusion="dense"),
+                                                vectors_c, vectors_s)  # fmt: skip
     return out
 
 

@@ -23,6 +23,8 @@ from stylus_docs.embedding import Embedder, canonical_model_name, load_query_emb
 from stylus_docs.errors import FatalError
 from stylus_docs.query import learned as learned_fusion
 from stylus_docs.query import sandbox
+from stylus_docs.query.concepts import CONCEPT_WEIGHT
+from stylus_docs.query.concepts import concepts as concepts_of
 from stylus_docs.query.learned import LearnedFusion, candidate_features
 from stylus_docs.query.lexical import TEXT_COLUMNS, LexicalIndex, document_text
 from stylus_docs.release import load_manifest, read_table, resolve_build, table_files, verify_entry
@@ -64,6 +66,9 @@ class SearchConfig:
             every query is collapsed.
         learned: with ``fusion="rrf"``, score the fused candidates with the release's learned ranker
             (:mod:`stylus_docs.query.learned`) when it has one; off: the RRF score.
+        concept_weight: for sentence-shaped (not tag-list) queries, the dense score of a row is its
+            cosine plus this times its best cosine to one of the query's concepts
+            (:mod:`stylus_docs.query.concepts`); 0: the plain cosine.
     """
 
     fusion: str = "rrf"
@@ -93,6 +98,9 @@ class SearchConfig:
     # The release's learned ranker (stylus_docs/query/learned.py) replaces the RRF score when the
     # release ships one; a release without it ranks with the RRF above.
     learned: bool = True
+    # Captions name several concepts and Stylus picks an adapter per concept; the whole caption's cosine
+    # averages them away (stylus_docs/query/concepts.py: Stylus R@10 0.680 -> 0.708 on the tuning part).
+    concept_weight: float = CONCEPT_WEIGHT
 
     def __post_init__(self) -> None:
         if self.fusion not in ("rrf", "dense", "bm25"):
@@ -101,6 +109,8 @@ class SearchConfig:
             raise FatalError("rrf_k, bm25_rrf_k and depth must be positive")
         if self.dense_weight < 0 or self.bm25_weight < 0 or self.dense_confidence < 0:
             raise FatalError("fusion weights and dense_confidence must be non-negative")
+        if self.concept_weight < 0:
+            raise FatalError("concept_weight must be non-negative")
         if self.one_version_after is not None and self.one_version_after < 0:
             raise FatalError("one_version_after must be >= 0 (or None)")
         if self.every_version_share is not None and not 0.0 <= self.every_version_share <= 1.0:
@@ -160,6 +170,8 @@ class Hit:
         adapter_id: the adapter (model version) id.
         score: the fused score (higher is better).
         dense: cosine similarity between query and adapter embeddings.
+        concept: the best cosine between one of the query's concepts and the adapter (0.0 for tag-list
+            queries, which have none); the dense ranking orders by ``dense + concept_weight · concept``.
         bm25: BM25 score (0.0 when no query word matches).
         dense_rank: 1-based rank in the dense ranking (None when outside the fusion depth).
         bm25_rank: 1-based rank in the BM25 ranking (None when outside the depth or no match).
@@ -180,12 +192,14 @@ class Hit:
     fields: dict[str, Any] = field(default_factory=dict)
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
+    concept: float = 0.0
 
     @property
     def components(self) -> dict[str, Any]:
         """The score components: ``dense``, ``bm25``, their ranks and this query's fusion weights."""
         return {
             "dense": self.dense,
+            "concept": self.concept,
             "bm25": self.bm25,
             "dense_rank": self.dense_rank,
             "bm25_rank": self.bm25_rank,
@@ -564,32 +578,80 @@ class Release:
         mask = self.mask(flt)
         use_dense = self.config.fusion in ("rrf", "dense")
         use_bm25 = self.config.fusion in ("rrf", "bm25")
-        results: list[list[Hit]] = []
-        scored = self.score_vectors(texts, dense=use_dense, lexical=use_bm25)
-        for text, (dense, lex) in zip(texts, scored, strict=True):
-            results.append(self._rank(dense, lex, mask, k, text))
-        return results
+        return [
+            self._rank(d, cos, concept, lex, mask, k, text)
+            for text, (d, cos, concept, lex) in zip(
+                texts, self._score(texts, dense=use_dense, lexical=use_bm25), strict=True
+            )
+        ]
 
     def score_vectors(
-        self, texts: Sequence[str], *, dense: bool = True, lexical: bool = True, mapped: bool | None = None
+        self,
+        texts: Sequence[str],
+        *,
+        dense: bool = True,
+        lexical: bool = True,
+        mapped: bool | None = None,
+        concepts: bool | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per text, the full cosine and BM25 score vectors over all rows (zeros for a side turned off).
+        """Per text, the full dense and BM25 score vectors over all rows (zeros for a side turned off).
 
         The building block of :meth:`search_batch`; evaluation scripts use it to try fusion settings
         without re-scoring. ``mapped``: apply the learned query map to tag-list prompts (default: when
-        this release's search uses the learned model).
+        this release's search uses the learned model). ``concepts``: add the concept boost to
+        sentence-shaped prompts (default: when ``config.concept_weight`` > 0); off, the dense vector is
+        the plain cosine.
         """
+        return [
+            (d, lex)
+            for d, _, _, lex in self._score(
+                texts, dense=dense, lexical=lexical, mapped=mapped, concepts=concepts
+            )
+        ]
+
+    def _score(
+        self,
+        texts: Sequence[str],
+        *,
+        dense: bool = True,
+        lexical: bool = True,
+        mapped: bool | None = None,
+        concepts: bool | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]]:
+        """Per text ``(dense ranking score, cosine, best concept cosine or None, BM25)``, each (n,)."""
         n = len(self.ids)
-        qvecs = self.embedder.embed(list(texts)) if dense and texts else None
-        learned = self._uses_learned() if mapped is None else (self.learned if mapped else None)
-        if qvecs is not None and learned is not None:
-            qvecs = learned.map_queries(list(texts), np.asarray(qvecs, dtype=np.float32))
-        dense_all = self.embeddings @ qvecs.T if qvecs is not None else None  # (n, B)
+        texts = list(texts)
+        # None: the config's weight; False: off; True: on, at the config's weight or else the default.
+        weight = (
+            0.0
+            if concepts is False
+            else (self.config.concept_weight or (CONCEPT_WEIGHT if concepts else 0.0))
+        )
+        # Concepts of the sentence-shaped prompts, embedded in the same batch as the prompts.
+        phrases: list[list[str]] = [
+            concepts_of(t) if dense and weight > 0 and not learned_fusion.gate(t) else [] for t in texts
+        ]
+        flat = [c for cs in phrases for c in cs]
+        cos_all = concept_all = None
+        if dense and texts:
+            vecs = np.asarray(self.embedder.embed(texts + flat), dtype=np.float32)
+            qvecs, cvecs = vecs[: len(texts)], vecs[len(texts) :]
+            learned = self._uses_learned() if mapped is None else (self.learned if mapped else None)
+            if learned is not None:
+                qvecs = learned.map_queries(texts, qvecs)
+            cos_all = self.embeddings @ qvecs.T  # (n, B)
+            concept_all = self.embeddings @ cvecs.T if flat else None  # (n, C)
         out = []
+        start = 0
         for j, text in enumerate(texts):
-            d = dense_all[:, j] if dense_all is not None else np.zeros(n, np.float32)
+            cos = cos_all[:, j] if cos_all is not None else np.zeros(n, np.float32)
+            best = None
+            if phrases[j] and concept_all is not None:
+                best = concept_all[:, start : start + len(phrases[j])].max(axis=1)
+                start += len(phrases[j])
+            d = cos + np.float32(weight) * best if best is not None else cos
             lx = self.lexical.scores(text) if lexical else np.zeros(n, np.float32)
-            out.append((d, lx))
+            out.append((d, cos, best, lx))
         return out
 
     def _uses_learned(self) -> LearnedFusion | None:
@@ -597,7 +659,14 @@ class Release:
         return self.learned if self.config.learned and self.config.fusion == "rrf" else None
 
     def _rank(
-        self, dense: np.ndarray, lex: np.ndarray, mask: np.ndarray | None, k: int, text: str = ""
+        self,
+        dense: np.ndarray,
+        cos: np.ndarray,
+        concept: np.ndarray | None,
+        lex: np.ndarray,
+        mask: np.ndarray | None,
+        k: int,
+        text: str = "",
     ) -> list[Hit]:
         learned = self._uses_learned()
         order, fused, d_rank, l_rank, (w_dense, w_bm25) = fuse(
@@ -609,7 +678,8 @@ class Release:
             Hit(
                 adapter_id=str(self.ids[r]),
                 score=round(float(fused[i]), 8),
-                dense=float(dense[r]),
+                dense=float(cos[r]),
+                concept=float(concept[r]) if concept is not None else 0.0,
                 bm25=float(lex[r]),
                 dense_rank=int(d_rank[r]) or None,
                 bm25_rank=int(l_rank[r]) or None,

@@ -38,6 +38,7 @@ def hit_record(hit: Hit, rank: int) -> dict[str, Any]:
         "adapter_id": hit.adapter_id,
         "score": hit.score,
         "dense": round(hit.dense, 6),
+        "concept": round(hit.concept, 6),
         "bm25": round(hit.bm25, 6),
         "dense_rank": hit.dense_rank,
         "bm25_rank": hit.bm25_rank,

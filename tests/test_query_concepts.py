@@ -1,0 +1,101 @@
+"""The concept boost of sentence-shaped queries (stylus_docs/query/concepts.py) on a real Parquet release."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stylus_docs.embedding import NumpyMiniLM
+from stylus_docs.errors import FatalError
+from stylus_docs.query import SearchConfig, open_release
+from stylus_docs.query.concepts import CONCEPT_WEIGHT, MAX_CONCEPTS, concepts
+from tests.release_fixture import write_release
+
+CAPTION = "A short-legged dog sitting next to a brick wall covered in spray paint."
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("rel") / "docs"
+    write_release(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def encoder() -> NumpyMiniLM:
+    return NumpyMiniLM()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("A white tour bus on a street in a city.", ["white tour bus", "street", "city"]),
+        (
+            "A small dog eating a treat next to a couple of knitted hats.",
+            ["small dog", "treat", "knitted hats"],
+        ),
+        ("A plate of meat, potatoes and 2 eggs", ["plate", "meat", "potatoes", "eggs"]),
+        ("Two men. Two men!", ["men"]),  # repeats once
+        ("the of and", []),
+        ("", []),
+    ],
+)
+def test_concepts_are_the_content_word_runs(text: str, expected: list[str]) -> None:
+    assert concepts(text) == expected
+
+
+def test_concepts_are_capped() -> None:
+    text = " and ".join(f"thing{i}" for i in range(20))
+    assert concepts(text) == [f"thing{i}" for i in range(MAX_CONCEPTS)]
+    assert concepts(text, max_concepts=2) == ["thing0", "thing1"]
+
+
+def test_a_caption_ranks_by_cosine_plus_its_best_concept(docs: Path, encoder: NumpyMiniLM) -> None:
+    release = open_release(docs)
+    hits = release.search(CAPTION, k=len(release), include_nsfw=True)
+    phrases = concepts(CAPTION)
+    assert len(phrases) >= 3
+    q = encoder.encode([CAPTION])[0]
+    c = encoder.encode(phrases)
+    dense = release.embeddings @ q
+    best = (release.embeddings @ c.T).max(axis=1)
+    for h in hits:
+        assert h.dense == pytest.approx(float(dense[h.row]), abs=1e-5)  # still the plain cosine
+        assert h.concept == pytest.approx(float(best[h.row]), abs=1e-5)
+    # The dense ranking orders by cosine + weight x best concept cosine, not by the cosine alone.
+    boosted = dense + CONCEPT_WEIGHT * best
+    by_rank = sorted((h for h in hits if h.dense_rank), key=lambda h: h.dense_rank)
+    assert [h.row for h in by_rank] == list(np.argsort(-boosted, kind="stable")[: len(by_rank)])
+    plain = open_release(docs, config=replace(release.config, concept_weight=0.0))
+    for h in plain.search(CAPTION, k=len(release), include_nsfw=True):
+        assert h.concept == 0.0
+        assert h.dense_rank == int((dense > dense[h.row]).sum()) + 1
+
+
+def test_tag_lists_get_no_concepts(docs: Path, encoder: NumpyMiniLM) -> None:
+    """Creators' tag lists are left to the learned parts: no boost, the dense score is the cosine."""
+    release = open_release(docs)
+    text = "masterpiece, best quality, corgidog, sitting on grass, sunny"
+    ((d, _),) = release.score_vectors([text])
+    assert np.allclose(d, release.embeddings @ encoder.encode([text])[0], atol=1e-5)
+    assert all(h.concept == 0.0 for h in release.search(text, k=5, include_nsfw=True))
+
+
+def test_score_vectors_turns_the_boost_on_and_off(docs: Path, encoder: NumpyMiniLM) -> None:
+    release = open_release(docs)
+    ((boosted, lex_b),) = release.score_vectors([CAPTION])
+    ((plain, lex_p),) = release.score_vectors([CAPTION], concepts=False)
+    q = encoder.encode([CAPTION])[0]
+    assert np.allclose(plain, release.embeddings @ q, atol=1e-5)
+    best = (release.embeddings @ encoder.encode(concepts(CAPTION)).T).max(axis=1)
+    assert np.allclose(boosted - plain, CONCEPT_WEIGHT * best, atol=1e-5)
+    assert not np.allclose(boosted, plain)
+    assert np.array_equal(lex_b, lex_p)  # the BM25 side is untouched
+
+
+def test_a_negative_weight_is_refused() -> None:
+    with pytest.raises(FatalError, match="concept_weight"):
+        SearchConfig(concept_weight=-0.1)
