@@ -561,20 +561,29 @@ FINDINGS = (
     "captions: applied to every query, the learned ranker lifts creator R@10 on the tuning part to 0.940 "
     "but costs COCO/Parti captions Stylus R@10 0.680 → 0.587 (grid: tag list from 0 segments). Both "
     "learned parts therefore apply only to tag-list prompts (≥ 4 comma-separated segments: 93 % of "
-    "creators' prompts, 0.3 % of captions; 3 and 5 measured the same), which leaves captions exactly at "
-    "the RRF's ranking. The first version gated by BM25 peakedness instead (share ramp 0.4–0.5), which "
-    "only half the creator prompts pass: creator R@10 0.906 on the validation part, now 0.925. The linear "
-    "query map (q' = normalize(q + 0.5·qA), 384×384, fitted on the same pairs with a softmax over the "
-    "cards, early-stopped by model) lifts dense-only creator R@10 0.622 → 0.783 on the tuning part; in "
-    "the fusion it adds R@10 +0.003 (strength 0 vs 0.5; at 1 the dense side overfits). Keeping every "
-    "version for queries with BM25 share ≥ 0.35 (`every_version_share`) lifted creator R@150 0.954 → "
-    "0.964 on the validation part with Stylus unchanged. The downloads prior hurts at any weight tried. "
-    "Not met: creator R@10 ≥ 0.93 (0.925) and R@150 ≥ 0.97 (0.967), Stylus R@150 ≥ 0.95 (0.916: captions "
-    "get no learned help, since the catalogue holds no caption-style queries to learn from). On the "
-    "validation part the default is ahead of BM25-only and dense-only on every measure; on the tuning "
-    "part dense-only still leads on Stylus R@10 (0.703 vs 0.680) and ties on R@150 (0.926). The "
-    "resources measure's queries are mostly images made with the target itself (their LoRA list names "
-    "it), so it tracks the creator measure."
+    "creators' prompts, 0.3 % of captions; 3 and 5 measured the same). The first version gated by BM25 "
+    "peakedness instead (share ramp 0.4–0.5), which only half the creator prompts pass: creator R@10 0.906 "
+    "on the validation part, now 0.924. The linear query map (q' = normalize(q + 0.5·qA), 384×384, fitted "
+    "on the same pairs with a softmax over the cards, early-stopped by model) lifts dense-only creator "
+    "R@10 0.622 → 0.783 on the tuning part; in the fusion it adds R@10 +0.003 (strength 0 vs 0.5; at 1 the "
+    "dense side overfits). Sentence-shaped prompts get the **concept boost** instead "
+    "(`stylus_docs/query/concepts.py`): Stylus picks one adapter per concept of a caption, so each card's "
+    "dense score adds 0.25 × its best cosine to one of the caption's concepts (content-word runs): Stylus "
+    "R@10 0.680 → 0.707 on the tuning part (grid: concept weight 0) and 0.534 → 0.569 on the validation "
+    "part, R@150 unchanged (0.926 → 0.927; validation 0.916); weights 0.5 and 1 cost R@150, and a "
+    "reciprocal-rank fusion of per-concept rankings (tried outside this grid) lifted tuning R@150 to "
+    "0.940 but lowered it on the validation part (0.901), so it was not taken. Keeping every version for "
+    "queries with BM25 share ≥ 0.35 (`every_version_share`) lifted creator R@150 0.954 → 0.964 on the "
+    "validation part with Stylus unchanged. The downloads prior hurts at any weight tried. Not met: "
+    "creator R@10 ≥ 0.93 (0.924) and R@150 ≥ 0.97 (0.967), Stylus R@150 ≥ 0.95 (0.916: no knob tried moves "
+    "it on both parts; the catalogue holds no caption-style queries to learn from). The default is ahead "
+    "of BM25-only and dense-only on every measure on both parts; for captions alone, though, the dense "
+    "side with the concept boost beats the hybrid on the tuning part (Stylus R@10 0.733, R@150 0.934: "
+    "grid: dense only, concept boost on sentences), while leaning captions further to the dense side "
+    "(`dense_confidence` 5–10 for sentences, measured apart) gained R@150 +0.005–0.010 but lost Stylus "
+    "R@10 on the validation part and cost creators' sentence-shaped prompts R@10 −0.02. The resources "
+    "measure's queries are mostly images made with the target itself (their LoRA list names it), so it "
+    "tracks the creator measure."
 )
 
 
@@ -601,7 +610,7 @@ def tuning_grid(release, creator, stylus, vectors_c, vectors_s) -> dict[str, dic
             replace(base, min_segments=seg))  # fmt: skip
     for strength in (0.0, 0.25, 1.0):
         row(f"learned, query map strength {strength:g}", replace(base, map_strength=strength))
-    row("dense only, query map on tag lists", base, SearchConfig(fusion="dense"))
+    row("dense only, query map on tag lists, concept boost on sentences", base, SearchConfig(fusion="dense"))
     for l2 in (1e-4, 1e-2):
         refit = learned_fusion.learn(
             rows, release.embeddings, release.embedder, l2=l2, map_strength=0.0, groups=groups, qvecs=qvecs
@@ -628,8 +637,10 @@ def tuning_grid(release, creator, stylus, vectors_c, vectors_s) -> dict[str, dic
             )
     finally:
         release.config = opened_with
-    out["dense only, concept boost"] = evaluate(release, creator, stylus, SearchConfig(fusion="dense"),
-                                                vectors_c, vectors_s)  # fmt: skip
+    dense = SearchConfig(fusion="dense")
+    out["dense only, concept boost on sentences (no query map)"] = evaluate(
+        release, creator, stylus, dense, vectors_c, vectors_s
+    )
     return out
 
 
