@@ -193,6 +193,13 @@ class _CachedMiniLM:
         self._encoder = self._encoder or NumpyMiniLM()
         return self._encoder.tokenizer
 
+    def embed_spans(self, text: str, spans) -> tuple[np.ndarray, np.ndarray]:
+        """The encoder's :meth:`NumpyMiniLM.embed_spans` (not cached: one pass per caption)."""
+        from stylus_docs.embedding import NumpyMiniLM
+
+        self._encoder = self._encoder or NumpyMiniLM()
+        return self._encoder.embed_spans(text, spans)
+
     def embed(self, texts: list[str]) -> np.ndarray:
         from stylus_docs.embedding import NumpyMiniLM
 

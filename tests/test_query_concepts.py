@@ -11,7 +11,7 @@ import pytest
 from stylus_docs.embedding import NumpyMiniLM
 from stylus_docs.errors import FatalError
 from stylus_docs.query import SearchConfig, open_release
-from stylus_docs.query.concepts import CONCEPT_WEIGHT, MAX_CONCEPTS, concepts
+from stylus_docs.query.concepts import CONCEPT_WEIGHT, MAX_CONCEPTS, concept_spans, concepts
 from tests.release_fixture import write_release
 
 CAPTION = "A short-legged dog sitting next to a brick wall covered in spray paint."
@@ -56,10 +56,10 @@ def test_concepts_are_capped() -> None:
 def test_a_caption_ranks_by_cosine_plus_its_best_concept(docs: Path, encoder: NumpyMiniLM) -> None:
     release = open_release(docs)
     hits = release.search(CAPTION, k=len(release), include_nsfw=True)
-    phrases = concepts(CAPTION)
-    assert len(phrases) >= 3
+    spans = concept_spans(CAPTION)
+    assert len(spans) >= 3
     q = encoder.encode([CAPTION])[0]
-    c = encoder.encode(phrases)
+    _, c = encoder.embed_spans(CAPTION, [(a, b) for _, a, b in spans])  # pooled from the caption's pass
     dense = release.embeddings @ q
     best = (release.embeddings @ c.T).max(axis=1)
     for h in hits:
@@ -90,7 +90,8 @@ def test_score_vectors_turns_the_boost_on_and_off(docs: Path, encoder: NumpyMini
     ((plain, lex_p),) = release.score_vectors([CAPTION], concepts=False)
     q = encoder.encode([CAPTION])[0]
     assert np.allclose(plain, release.embeddings @ q, atol=1e-5)
-    best = (release.embeddings @ encoder.encode(concepts(CAPTION)).T).max(axis=1)
+    _, c = encoder.embed_spans(CAPTION, [(a, b) for _, a, b in concept_spans(CAPTION)])
+    best = (release.embeddings @ c.T).max(axis=1)
     assert np.allclose(boosted - plain, CONCEPT_WEIGHT * best, atol=1e-5)
     assert not np.allclose(boosted, plain)
     assert np.array_equal(lex_b, lex_p)  # the BM25 side is untouched
@@ -99,3 +100,37 @@ def test_score_vectors_turns_the_boost_on_and_off(docs: Path, encoder: NumpyMini
 def test_a_negative_weight_is_refused() -> None:
     with pytest.raises(FatalError, match="concept_weight"):
         SearchConfig(concept_weight=-0.1)
+
+
+def test_concept_spans_point_into_the_text() -> None:
+    text = "Two Young MEN wearing glasses, holding a white frisbee."
+    spans = concept_spans(text)
+    assert [p for p, _, _ in spans] == ["young men", "glasses", "white frisbee"]
+    assert [text[a:b] for _, a, b in spans] == ["Young MEN", "glasses", "white frisbee"]
+
+
+def test_span_vectors_come_from_the_same_pass(encoder: NumpyMiniLM) -> None:
+    """embed_spans: the text's vector is embed()'s; a span vector is unit length and differs from the
+    phrase embedded alone (it is read in context); a span with no word piece is zero."""
+    whole, vecs = encoder.embed_spans(CAPTION, [(2, 7), (0, 0)])
+    assert np.allclose(whole, encoder.encode([CAPTION])[0], atol=1e-6)
+    assert np.linalg.norm(vecs[0]) == pytest.approx(1.0, abs=1e-5)
+    assert not np.allclose(vecs[0], encoder.encode([CAPTION[2:7]])[0], atol=1e-3)
+    assert np.all(vecs[1] == 0.0)
+
+
+def test_other_embedders_embed_the_concepts_alone(docs: Path, encoder: NumpyMiniLM) -> None:
+    """An embedder without embed_spans (OpenAI, CLIP) gets each phrase embedded on its own."""
+
+    class Plain:
+        info = encoder.info
+
+        def embed(self, texts):
+            return encoder.embed(texts)
+
+    release = open_release(docs, embedder=Plain())
+    hits = release.search(CAPTION, k=3, include_nsfw=True)
+    phrases = concepts(CAPTION)
+    best = (release.embeddings @ encoder.encode(phrases).T).max(axis=1)
+    for h in hits:
+        assert h.concept == pytest.approx(float(best[h.row]), abs=1e-5)

@@ -206,6 +206,14 @@ class NumpyMiniLM:
             )
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Mean-pooled (unnormalised) sentence vectors ``(b, dim)`` of a padded batch."""
+        x = self._states(ids, mask)
+        m = mask[..., None].astype(np.float32)
+        pooled = (x * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        return pooled.astype(np.float32)
+
+    def _states(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The last layer's token states ``(b, t, dim)`` of a padded batch."""
         # Bias adds, residuals, softmax, GELU and LayerNorm run in place on each matmul's fresh output:
         # on a short query the elementwise passes were ~30 % of the time, and the expression forms
         # allocated and swept a temporary per operator.
@@ -243,9 +251,7 @@ class NumpyMiniLM:
             y += ly.out_b
             y += x
             x = _layer_norm_(y, ly.ln2_w, ly.ln2_b, self.eps)
-        m = mask[..., None].astype(np.float32)
-        pooled = (x * m).sum(1) / np.maximum(m.sum(1), 1e-9)
-        return pooled.astype(np.float32)
+        return x
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised float32 vectors of ``texts``, ``(len(texts), dim)`` (the :class:`Embedder` call)."""
@@ -255,6 +261,33 @@ class NumpyMiniLM:
         """Embed ``texts`` in length-sorted batches; returns L2-normalised float32 ``(len(texts), dim)``."""
         with _single_threaded_blas():
             return self._encode(texts, batch_size)
+
+    def embed_spans(self, text: str, spans: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """One forward pass: ``text``'s vector (as :meth:`embed` gives it) and a vector per character span.
+
+        A span's vector is the L2-normalised mean of the last layer's states of the word pieces inside
+        it (the query module's concept vectors): the phrase as the sentence reads it, for no extra
+        encoder pass. A span that holds no word piece (e.g. cut off by truncation) gets a zero vector.
+        """
+        with _single_threaded_blas():
+            enc = self.tokenizer.encode(text)
+            n = len(enc.ids)
+            width = -(-max(n, 1) // 4) * 4  # a multiple of 4 word pieces, as in _encode
+            ids = np.zeros((1, width), dtype=np.int64)
+            mask = np.zeros((1, width), dtype=np.int64)
+            ids[0, :n] = enc.ids
+            mask[0, :n] = 1
+            x = self._states(ids, mask)[0]
+        whole = x[:n].mean(0)
+        out = np.zeros((len(spans), self.dim), dtype=np.float32)
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        for i, (start, end) in enumerate(spans):
+            inside = (offsets[:, 1] > offsets[:, 0]) & (offsets[:, 0] >= start) & (offsets[:, 1] <= end)
+            if inside.any():
+                out[i] = x[:n][inside].mean(0)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        whole = whole / max(float(np.linalg.norm(whole)), 1e-12)
+        return whole.astype(np.float32), out / np.maximum(norms, 1e-12)
 
     def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
