@@ -735,19 +735,30 @@ class Release:
             learned.gate(text) if learned is not None else 0.0,
         )  # fmt: skip
         fields = self.fields(order)
+        # Per-row values gathered with numpy and turned into Python numbers in one call each: a hit list
+        # of 150 built value by value (float(), int(), round() per field) was ~1 ms of a ~30 ms query.
+        rows = np.asarray(order, dtype=np.int64)
+        scores = np.round(np.asarray(fused, dtype=np.float64), 8).tolist()
+        cosines = cos[rows].astype(np.float64).tolist()
+        concepts = concept[rows].astype(np.float64).tolist() if concept is not None else [0.0] * len(rows)
+        bm25s = lex[rows].astype(np.float64).tolist()
+        d_ranks = d_rank[rows].tolist()
+        l_ranks = l_rank[rows].tolist()
+        wd, wl = round(float(w_dense), 6), round(float(w_bm25), 6)
+        ids = self.ids
         return [
             Hit(
-                adapter_id=str(self.ids[r]),
-                score=round(float(fused[i]), 8),
-                dense=float(cos[r]),
-                concept=float(concept[r]) if concept is not None else 0.0,
-                bm25=float(lex[r]),
-                dense_rank=int(d_rank[r]) or None,
-                bm25_rank=int(l_rank[r]) or None,
+                adapter_id=str(ids[r]),
+                score=scores[i],
+                dense=cosines[i],
+                concept=concepts[i],
+                bm25=bm25s[i],
+                dense_rank=d_ranks[i] or None,
+                bm25_rank=l_ranks[i] or None,
                 row=r,
                 fields=fields[i],
-                dense_weight=round(float(w_dense), 6),
-                bm25_weight=round(float(w_bm25), 6),
+                dense_weight=wd,
+                bm25_weight=wl,
             )
             for i, r in enumerate(order)
         ]
@@ -758,7 +769,11 @@ class Release:
             # Columns as Python lists once (a few MB at 75K rows): per-hit lookups then cost ~nothing.
             table = read_table(self.build_dir, self.manifest, "adapters", list(HIT_COLUMNS), files=self.files)
             self._fields = {c: table.column(c).to_pylist() for c in table.column_names}
-        return [{c: values[r] for c, values in self._fields.items()} for r in rows]
+        names = list(self._fields)
+        picked = [[values[r] for r in rows] for values in self._fields.values()]  # column by column
+        return (
+            [dict(zip(names, vals, strict=True)) for vals in zip(*picked, strict=True)] if len(rows) else []
+        )
 
     def sql(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one read-only SQL statement over the ``adapters``/``images`` views (sandboxed)."""
