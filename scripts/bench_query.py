@@ -290,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             rel.search(q, k=150)
             acc.append(time.perf_counter() - t0)
     gated = sum(release.learned.gate(q) for q in queries) / len(queries) if release.learned else 0.0
-    # Sentence-shaped queries (captions) get the concept boost instead: each of their concepts is embedded
-    # too. The same captions with and without it, interleaved.
+    # Sentence-shaped queries (captions) get the concept boost instead: their concepts are scored against
+    # every card too. The same captions with and without it, interleaved.
     captions = [gen.caption() for _ in range(300)]
     no_concepts = open_release(docs, config=SearchConfig(concept_weight=0.0))
     no_concepts.search(captions[0], k=150)

@@ -613,15 +613,14 @@ class Release:
         dense: bool = True,
         lexical: bool = True,
         mapped: bool | None = None,
-        concepts: bool | None = None,
+        concepts: bool = True,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per text, the full dense and BM25 score vectors over all rows (zeros for a side turned off).
 
         The building block of :meth:`search_batch`; evaluation scripts use it to try fusion settings
         without re-scoring. ``mapped``: apply the learned query map to tag-list prompts (default: when
         this release's search uses the learned model). ``concepts``: add the concept boost to
-        sentence-shaped prompts (default: when ``config.concept_weight`` > 0); off, the dense vector is
-        the plain cosine.
+        sentence-shaped prompts at ``config.concept_weight``; off, the dense vector is the plain cosine.
         """
         return [
             (d, lex)
@@ -637,17 +636,12 @@ class Release:
         dense: bool = True,
         lexical: bool = True,
         mapped: bool | None = None,
-        concepts: bool | None = None,
+        concepts: bool = True,
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]]:
         """Per text ``(dense ranking score, cosine, best concept cosine or None, BM25)``, each (n,)."""
         n = len(self.ids)
         texts = list(texts)
-        # None: the config's weight; False: off; True: on, at the config's weight or else the default.
-        weight = (
-            0.0
-            if concepts is False
-            else (self.config.concept_weight or (CONCEPT_WEIGHT if concepts else 0.0))
-        )
+        weight = self.config.concept_weight if concepts else 0.0
         # Concepts of the sentence-shaped prompts (tag lists have none).
         spans = [
             concept_spans(t) if dense and weight > 0 and not learned_fusion.gate(t) else [] for t in texts
@@ -771,9 +765,7 @@ class Release:
             self._fields = {c: table.column(c).to_pylist() for c in table.column_names}
         names = list(self._fields)
         picked = [[values[r] for r in rows] for values in self._fields.values()]  # column by column
-        return (
-            [dict(zip(names, vals, strict=True)) for vals in zip(*picked, strict=True)] if len(rows) else []
-        )
+        return [dict(zip(names, vals, strict=True)) for vals in zip(*picked, strict=True)]
 
     def sql(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one read-only SQL statement over the ``adapters``/``images`` views (sandboxed)."""
