@@ -1,4 +1,4 @@
-"""Shared fixtures: the replay server (scripts/replay_server.py) on loopback."""
+"""Shared fixtures: the replay server (scripts/replay_server.py) on loopback, the fixture release."""
 
 from __future__ import annotations
 
@@ -37,3 +37,14 @@ def replay_server() -> Iterator[Callable[..., str]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh copy of the fixture release (tests/release_fixture.py) per test module; modules that need
+    other rows define their own ``docs``."""
+    from tests.release_fixture import write_release
+
+    root = tmp_path_factory.mktemp("rel") / "docs"
+    write_release(root)
+    return root

@@ -13,7 +13,6 @@ from stylus_docs.eval.retrieval import parse_query
 from stylus_docs.query import open_release
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from release_fixture import write_release  # noqa: E402
 
 QUERIES = [
     {"query": "red dragon, flames, night sky", "expected": ["civitai:102@1002"]},
@@ -32,13 +31,6 @@ QUERIES = [
     {"prompt": "astronaut on the moon", "civitaiResources": [{"type": "lora", "modelVersionId": "1009"}]},
     {"query": "something else", "expected": ["civitai:999@9999"]},  # not in the release: skipped
 ]
-
-
-@pytest.fixture(scope="module")
-def docs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("retr") / "docs"
-    write_release(root)
-    return root
 
 
 def _write(path: Path, lines) -> Path:

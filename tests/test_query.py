@@ -16,13 +16,6 @@ from tests.release_fixture import EMBEDDER_INFO, SAMPLE, sample_rows, write_rele
 
 
 @pytest.fixture(scope="module")
-def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("rel") / "docs"
-    write_release(root)
-    return root
-
-
-@pytest.fixture(scope="module")
 def release(docs: Path):
     rel = open_release(docs)
     yield rel

@@ -12,16 +12,8 @@ from stylus_docs.embedding import NumpyMiniLM
 from stylus_docs.errors import FatalError
 from stylus_docs.query import SearchConfig, open_release
 from stylus_docs.query.concepts import CONCEPT_WEIGHT, MAX_CONCEPTS, concept_spans, concepts
-from tests.release_fixture import write_release
 
 CAPTION = "A short-legged dog sitting next to a brick wall covered in spray paint."
-
-
-@pytest.fixture(scope="module")
-def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("rel") / "docs"
-    write_release(root)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,6 @@ from tests.release_fixture import SAMPLE, write_release
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("sqlrel") / "docs"
-    write_release(root)
-    return root
-
-
 @pytest.fixture()
 def con(docs: Path):
     build = (docs / "latest").resolve()

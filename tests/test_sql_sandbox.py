@@ -20,13 +20,6 @@ from stylus_docs.release import load_manifest
 from tests.release_fixture import write_release
 
 
-@pytest.fixture(scope="module")
-def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("sandbox") / "docs"
-    write_release(root)
-    return root
-
-
 def _snapshot(root: Path) -> dict[str, str]:
     """Path -> SHA-256 (or link target) of everything under ``root``."""
     out: dict[str, str] = {}
