@@ -325,6 +325,12 @@ def _model(aid: str) -> str:
     return aid.split(":", 1)[1].split("@", 1)[0]
 
 
+def gate_and_triggers(release, text: str) -> tuple[float, np.ndarray | None]:
+    """The release's learned gate of ``text`` and, when it is on, the text's trigger-word scores."""
+    gate = release.learned.gate(text) if release.learned else 0.0
+    return gate, release.triggers.scores(text) if gate else None
+
+
 def evaluate(release, creator, stylus, cfg: SearchConfig, vectors_c, vectors_s, learned=None) -> dict:
     """Recall figures per part (``tuning`` / ``validation``) for one fusion config from precomputed plain
     score vectors. ``learned``: the model to use (default: the release's own with ``cfg.learned``); its
@@ -347,17 +353,17 @@ def evaluate(release, creator, stylus, cfg: SearchConfig, vectors_c, vectors_s, 
                 for kk in (10, 150):
                     acc[part][f"{name}@{kk}"].append(sum(0 < r <= kk for r in mine) / len(mine))
 
-    def scored(q: dict[str, Any], d: np.ndarray) -> tuple[np.ndarray, float]:
+    def scored(q: dict[str, Any], d: np.ndarray) -> tuple[np.ndarray, float, np.ndarray | None]:
         if learned is None:
-            return d, 0.0
+            return d, 0.0, None
         gate = learned.gate(q["query"])
         if gate and learned.query_map is not None and learned.map_strength:
             d = release.embeddings @ learned.map_queries([q["query"]], q["vec"][None, :])[0]
-        return d, gate
+        return d, gate, release.triggers.scores(q["query"]) if gate else None
 
     for q, (d, lx) in zip(creator, vectors_c, strict=True):
-        d, gate = scored(q, d)
-        order, *_ = fuse(d, lx, None, k, cfg, codes, learned, prior, gate)
+        d, gate, trig = scored(q, d)
+        order, *_ = fuse(d, lx, None, k, cfg, codes, learned, prior, gate, trig)
         target = row_of.get(q["target"])
         rank = order.index(target) + 1 if target in order else 0
         for kk in KS:
@@ -365,8 +371,8 @@ def evaluate(release, creator, stylus, cfg: SearchConfig, vectors_c, vectors_s, 
         if q.get("models"):
             shares(order, q["models"], "resources")
     for q, (d, lx) in zip(stylus, vectors_s, strict=True):
-        d, gate = scored(q, d)
-        order, *_ = fuse(d, lx, None, k, cfg, codes, learned, prior, gate)
+        d, gate, trig = scored(q, d)
+        order, *_ = fuse(d, lx, None, k, cfg, codes, learned, prior, gate, trig)
         shares(order, q["models"], "stylus")
     out = {p: {m: float(np.mean(v)) if v else float("nan") for m, v in acc[p].items()} for p in PARTS}
     for p in PARTS:
@@ -500,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     vec_s150 = np.mean([
         np.mean([0 < r <= 150 for r in ranks_for(
             fuse(*vectors_s[i], None, 150, default, release.model_codes, release.learned, release.prior,
-                 release.learned.gate(stylus[i]["query"]) if release.learned else 0.0)[0],
+                 *gate_and_triggers(release, stylus[i]["query"]))[0],
             stylus[i]["models"], lambda r: _model(str(release.ids[r])))])
         for i in s_idx
     ])  # fmt: skip

@@ -312,3 +312,19 @@ def test_the_query_map_learns_a_systematic_query_shift() -> None:
     mapped = queries[test] + queries[test] @ a
     mapped /= np.linalg.norm(mapped, axis=1, keepdims=True)
     assert top1(mapped) > top1(queries[test]) + 0.08  # 0.88 -> 0.997 here
+
+
+def test_the_release_feeds_trigger_matches_to_the_ranker(built: dict) -> None:
+    rel = open_release(built["docs"])
+    assert rel.learned is not None and "trigger" in lf.FEATURES
+    hits = rel.triggers.scores("trg005x, castle, masterpiece, detailed")
+    model_of = [str(a).split(":")[1].split("@")[0] for a in rel.ids]
+    assert {model_of[r] for r in np.flatnonzero(hits)} == {"5"}
+    # The ranker's features of those rows carry the match; the others' do not.
+    n = len(rel)
+    cand = np.arange(n)
+    ranks = np.arange(1, n + 1, dtype=np.int32)
+    zeros = np.zeros(n, np.float32)
+    feats = lf.candidate_features(zeros, zeros, cand, ranks, ranks, (1.0, 1.0), zeros, hits)
+    col = lf.FEATURES.index("trigger_hit")
+    assert set(np.flatnonzero(feats[:, col])) == set(np.flatnonzero(hits))

@@ -26,6 +26,7 @@ from stylus_docs.query import sandbox
 from stylus_docs.query.concepts import CONCEPT_WEIGHT, concept_spans
 from stylus_docs.query.learned import LearnedFusion, candidate_features
 from stylus_docs.query.lexical import TEXT_COLUMNS, LexicalIndex, document_text
+from stylus_docs.query.triggers import TriggerIndex
 from stylus_docs.release import load_manifest, read_table, resolve_build, table_files, verify_entry
 
 log = logging.getLogger(__name__)
@@ -323,6 +324,7 @@ def fuse(
     learned: LearnedFusion | None = None,
     prior: np.ndarray | None = None,
     gate: float = 1.0,
+    trigger: np.ndarray | None = None,
 ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
     """Rank rows from full dense and BM25 score vectors under a row mask.
 
@@ -336,6 +338,8 @@ def fuse(
         learned: the release's learned ranker; with ``cfg.learned`` it scores the RRF candidates.
         prior: :func:`stylus_docs.query.learned.prior_vector` of every row (needed with ``learned``).
         gate: the query's :meth:`LearnedFusion.gate` (0: the learned correction is off for it).
+        trigger: the query's trigger-word scores of every row (:class:`TriggerIndex`), a learned
+            feature (None: no trigger matched).
 
     Returns:
         ``(rows best first, their fused scores, dense rank of every row, BM25 rank of every row,
@@ -386,7 +390,7 @@ def fuse(
     if cfg.adaptive:
         w_dense, w_bm25 = w_dense * m_dense, w_bm25 * m_bm25
     if learned is not None and cfg.learned and prior is not None:
-        feats = candidate_features(dense, lex, cand, d_rank, l_rank, (m_dense, m_bm25), prior)
+        feats = candidate_features(dense, lex, cand, d_rank, l_rank, (m_dense, m_bm25), prior, trigger)
         fused = learned.score(feats, gate)
     else:
         fused[rd > 0] += w_dense / (cfg.rrf_k + rd[rd > 0])
@@ -444,6 +448,7 @@ class Release:
         self._model_codes: np.ndarray | None = None
         self._learned: LearnedFusion | None | bool = False  # False = not looked up yet
         self._prior: np.ndarray | None = None
+        self._triggers: TriggerIndex | None = None
         self._concept_cache: dict[str, np.ndarray] = {}
 
     # -- components, built lazily ---------------------------------------------------------------
@@ -529,6 +534,14 @@ class Release:
             table = read_table(self.build_dir, self.manifest, "adapters", ["downloads"], files=self.files)
             self._prior = learned_fusion.prior_vector(table.column("downloads").to_pylist())
         return self._prior
+
+    @property
+    def triggers(self) -> TriggerIndex:
+        """Which rows' trigger words a prompt contains (a learned-ranker feature; built on first use)."""
+        if self._triggers is None:
+            table = read_table(self.build_dir, self.manifest, "adapters", ["trigger_words"], files=self.files)
+            self._triggers = TriggerIndex(table.column("trigger_words").to_pylist())
+        return self._triggers
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -724,9 +737,10 @@ class Release:
         text: str = "",
     ) -> list[Hit]:
         learned = self._uses_learned()
+        gate = learned.gate(text) if learned is not None else 0.0
         order, fused, d_rank, l_rank, (w_dense, w_bm25) = fuse(
             dense, lex, mask, k, self.config, self.model_codes, learned, self.prior if learned else None,
-            learned.gate(text) if learned is not None else 0.0,
+            gate, self.triggers.scores(text) if gate else None,
         )  # fmt: skip
         fields = self.fields(order)
         # Per-row values gathered with numpy and turned into Python numbers in one call each: a hit list

@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Bumped when the features or the training recipe change (an older file is then ignored).
 #: v2: gated by the prompt's form instead of its BM25 share; plus the linear query map.
-LEARNED_VERSION = "fusion.v2"
+#: v3: trigger-word match features (:mod:`stylus_docs.query.triggers`).
+LEARNED_VERSION = "fusion.v3"
 #: Path of the learned file inside a build directory (listed in the manifest as table ``learned``).
 LEARNED_PATH = "learned/fusion.json"
 FEATURES = (
@@ -66,6 +67,8 @@ FEATURES = (
     "conf_dense",  # dense confidence share x rr_dense (the adaptive RRF's dense term)
     "conf_bm25",  # BM25 confidence share x rr_bm25
     "prior",  # log(1 + downloads), standardised over the release
+    "trigger",  # scaled IDF of the strongest of the row's trigger words the prompt contains whole
+    "trigger_hit",  # 1 when the prompt contains one of the row's trigger words whole
 )
 #: Versions need this many distinct example prompts to give a training pair (one stays in the card).
 MIN_PROMPTS = 2
@@ -220,8 +223,11 @@ def candidate_features(
     l_rank: np.ndarray,
     shares: tuple[float, float],
     prior: np.ndarray,
+    trigger: np.ndarray | None = None,
 ) -> np.ndarray:
-    """:data:`FEATURES` of the rows ``cand`` (ranks 1-based, 0 = outside the depth)."""
+    """:data:`FEATURES` of the rows ``cand`` (ranks 1-based, 0 = outside the depth). ``trigger``: the
+    query's :meth:`TriggerIndex.scores <stylus_docs.query.triggers.TriggerIndex.scores>` (None: no
+    trigger matched)."""
     rd = d_rank[cand].astype(np.float64)
     rl = l_rank[cand].astype(np.float64)
     cos = dense[cand].astype(np.float64)
@@ -231,6 +237,7 @@ def candidate_features(
     rr_l = np.where(in_l, 1.0 / (3.0 + rl), 0.0)
     best_cos = float(cos.max()) if len(cos) else 0.0
     best_lex = float(lx.max()) if len(lx) else 0.0
+    trig = trigger[cand].astype(np.float64) if trigger is not None else np.zeros(len(cand))
     return np.column_stack(
         [
             rr_d,
@@ -244,6 +251,8 @@ def candidate_features(
             shares[0] * rr_d,
             shares[1] * rr_l,
             prior[cand].astype(np.float64),
+            trig,
+            (trig > 0).astype(np.float64),
         ]
     )
 
@@ -420,6 +429,7 @@ def training_groups(
     """
     from stylus_docs.query.core import SearchConfig, _top, confidence_weights
     from stylus_docs.query.lexical import LexicalIndex, document_text
+    from stylus_docs.query.triggers import TriggerIndex
 
     # The per-query shares as the query module computes them (its default configuration).
     conf = SearchConfig().dense_confidence if dense_confidence is None else dense_confidence
@@ -431,6 +441,8 @@ def training_groups(
             row = {**row, "example_prompts": [p for i, p in enumerate(row["example_prompts"]) if i != j]}
         docs.append(document_text(row))
     lexical = LexicalIndex.build(docs)
+    # Trigger words are card metadata, never a prompt: the target's own are fair game.
+    triggers = TriggerIndex([row.get("trigger_words") for row in rows])
     queries = [rows[r]["example_prompts"][j] for r, j in pairs]
     if qvecs is None:
         qvecs = pair_queries(rows, embedder, pairs)
@@ -459,7 +471,10 @@ def training_groups(
                 continue  # the target is not among the candidates: nothing to learn from this pair
             member[r] = False
             cand = np.concatenate([[r], np.flatnonzero(member)])
-            groups.append(candidate_features(dense, lex, cand, d_rank, l_rank, (m_dense, m_bm25), prior))
+            trig = triggers.scores(queries[start + off])
+            groups.append(
+                candidate_features(dense, lex, cand, d_rank, l_rank, (m_dense, m_bm25), prior, trig)
+            )
     return groups
 
 
