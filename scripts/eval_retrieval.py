@@ -638,6 +638,8 @@ def tuning_grid(release, creator, stylus, vectors_c, vectors_s) -> dict[str, dic
     for share in (0.3, 0.4, 0.5):
         row(f"learned (default), every version from BM25 share {share:g}", base,
             replace(default, every_version_share=share))  # fmt: skip
+    row("learned (default), tag lists collapsed to one version per model too", base,
+        replace(default, every_version_tag_lists=False))  # fmt: skip
     for after in (20, 50):
         row(f"learned (default), one version after {after}", base, replace(default, one_version_after=after))
     # The concept boost of sentence-shaped prompts (stylus_docs/query/concepts.py) at other weights.

@@ -27,6 +27,7 @@ from stylus_docs.embedding import EmbedderInfo, canonical_model_name
 from stylus_docs.errors import FatalError
 from stylus_docs.query import SearchConfig, open_release
 from stylus_docs.query import learned as lf
+from stylus_docs.query.core import fuse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import eval_retrieval as ev  # noqa: E402
@@ -328,3 +329,21 @@ def test_the_release_feeds_trigger_matches_to_the_ranker(built: dict) -> None:
     feats = lf.candidate_features(zeros, zeros, cand, ranks, ranks, (1.0, 1.0), zeros, hits)
     col = lf.FEATURES.index("trigger_hit")
     assert set(np.flatnonzero(feats[:, col])) == set(np.flatnonzero(hits))
+
+
+def test_a_tag_list_keeps_every_version_past_the_head() -> None:
+    """One version per model past rank 10 is for captions; a tag list (gate on) keeps sibling versions."""
+    n = 60
+    codes = np.repeat(np.arange(n // 3), 3)  # 20 models of 3 versions each
+    dense = np.linspace(1.0, 0.5, n).astype(np.float32)  # siblings adjacent in the ranking
+    lex = np.zeros(n, np.float32)
+    flat = lf.LearnedFusion(np.zeros(len(lf.FEATURES)), np.zeros(len(lf.FEATURES)), np.ones(len(lf.FEATURES)))
+    prior = np.zeros(n, np.float32)
+    cfg = SearchConfig(every_version_share=None)
+    tags, *_ = fuse(dense, lex, None, 30, cfg, codes, flat, prior, 1.0)
+    sentence, *_ = fuse(dense, lex, None, 30, cfg, codes, flat, prior, 0.0)
+    assert tags == list(range(30))
+    assert sentence[:10] == list(range(10)) and len(set(codes[sentence[10:]])) == len(sentence[10:])
+    off, *_ = fuse(dense, lex, None, 30, dataclasses.replace(cfg, every_version_tag_lists=False), codes,
+                   flat, prior, 1.0)  # fmt: skip
+    assert off == sentence

@@ -68,6 +68,8 @@ class SearchConfig:
         every_version_share: with ``one_version_after``, a query whose BM25 confidence share (0…1, see
             :func:`confidence_weights`) is at least this keeps every version all the same; ``None``:
             every query is collapsed.
+        every_version_tag_lists: with ``one_version_after`` and the learned ranker, a tag-list query
+            (its learned gate is on) keeps every version too.
         learned: with ``fusion="rrf"``, score the fused candidates with the release's learned ranker
             (:mod:`stylus_docs.query.learned`) when it has one; off: the RRF score.
         concept_weight: for sentence-shaped (not tag-list) queries, the dense score of a row is its
@@ -99,6 +101,10 @@ class SearchConfig:
     # the best on the tuning part (creator R@150 0.961 -> 0.965, Stylus unchanged; about 70 % of creator
     # prompts pass it, under 10 % of captions).
     every_version_share: float | None = 0.35
+    # ...and so does a tag list, the form of a creator's prompt, whatever its BM25 share: the collapse is
+    # for captions, whose Stylus adapters are one per model (tuning part, learned ranker: creator R@150
+    # 0.971 -> 0.976, Stylus unchanged because the gate is off for 99.7 % of captions).
+    every_version_tag_lists: bool = True
     # The release's learned ranker (stylus_docs/query/learned.py) replaces the RRF score when the
     # release ships one; a release without it ranks with the RRF above.
     learned: bool = True
@@ -398,6 +404,8 @@ def fuse(
     # Ties (same fused score) fall back to cosine, then row: deterministic and sensible.
     pick = np.lexsort((cand, -dense[cand], -fused))
     if collapse and cfg.every_version_share is not None and m_bm25 / 2.0 >= cfg.every_version_share:
+        collapse = False
+    if collapse and cfg.every_version_tag_lists and learned is not None and cfg.learned and gate > 0:
         collapse = False
     if collapse:
         pick = pick[one_version_per_model(cand[pick], model_codes, cfg.one_version_after)]
