@@ -632,6 +632,16 @@ def tuning_grid(release, creator, stylus, vectors_c, vectors_s) -> dict[str, dic
         )
         row(f"learned, l2={l2:g}", replace(refit, query_map=base.query_map, map_strength=base.map_strength))
     row("learned, downloads prior 0.05", replace(base, prior_weight=0.05))
+    # Refitted without the trigger-word features (their columns zeroed: standardised to 0, weight 0).
+    cols = [learned_fusion.FEATURES.index(f) for f in ("trigger", "trigger_hit")]
+    no_trig = [g.copy() for g in groups]
+    for g in no_trig:
+        g[:, cols] = 0.0
+    refit = learned_fusion.learn(
+        rows, release.embeddings, release.embedder, map_strength=0.0, groups=no_trig, qvecs=qvecs
+    )
+    row("learned, without the trigger-word features",
+        replace(refit, query_map=base.query_map, map_strength=base.map_strength))  # fmt: skip
     for conf in (1.5, 3.0, 5.0):
         cfg = replace(default, learned=False, dense_confidence=conf)
         out[f"RRF dense_confidence={conf:g}"] = evaluate(release, creator, stylus, cfg, vectors_c, vectors_s)

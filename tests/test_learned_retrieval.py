@@ -347,3 +347,22 @@ def test_a_tag_list_keeps_every_version_past_the_head() -> None:
     off, *_ = fuse(dense, lex, None, 30, dataclasses.replace(cfg, every_version_tag_lists=False), codes,
                    flat, prior, 1.0)  # fmt: skip
     assert off == sentence
+
+
+def test_a_release_from_before_the_trigger_features_keeps_its_ranker(built: dict) -> None:
+    """A ``fusion.v2`` file (11 features, the first of today's) is read and scores with those alone."""
+    path = release.resolve_build(built["docs"]) / lf.LEARNED_PATH
+    data = json.loads(path.read_text(encoding="utf-8"))
+    old = {**data, "version": "fusion.v2", "features": list(lf.FEATURES[:11])}
+    for key in ("weights", "mean", "scale"):
+        old[key] = data[key][:11]
+    model = lf.LearnedFusion.from_json(old)
+    assert model is not None and model.version == "fusion.v2"
+    feats = np.random.default_rng(0).normal(size=(40, len(lf.FEATURES)))
+    z = (feats[:, :11] - np.asarray(old["mean"])) / np.asarray(old["scale"])
+    np.testing.assert_allclose(model.score(feats, 1.0), lf.rrf_offset(feats) + z @ np.asarray(old["weights"]))
+    assert model.to_json()["version"] == "fusion.v2" and len(model.to_json()["features"]) == 11
+    # Unknown versions and feature lists that do not match their version are not guessed at.
+    assert lf.LearnedFusion.from_json({**old, "version": "fusion.v9"}) is None
+    assert lf.LearnedFusion.from_json({**old, "features": list(lf.FEATURES[1:12])}) is None
+    assert lf.LearnedFusion.from_json({**data, "weights": data["weights"][:11]}) is None

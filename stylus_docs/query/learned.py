@@ -16,14 +16,15 @@ lexical side the training pairs are scored against a second BM25 index whose doc
 training prompt. The prompts that evaluation hides are not in the build input at all, so they cannot be
 drawn (``tests/test_learned_retrieval.py`` asserts it).
 
-**Model.** Per candidate (the union of both rankings' top ``depth``), :data:`FEATURES` (reciprocal
-ranks, cosine and BM25 relative to the query's best, the per-query confidence shares of
-:func:`stylus_docs.query.core.confidence_weights`, a downloads prior); the score is ``w · standardised
-features``; ``w`` minimises the softmax cross-entropy of the target within its query's candidates plus
-``l2 · |w|²`` (L-BFGS, scipy). The **query map** ``A`` (:func:`train_query_map`) moves a query vector
-towards the card it was written for: ``q' = normalize(q + s · qA)``, softmax over the cards, early-stopped
-on pairs held out by model. Both apply only to prompts shaped like the training prompts, tag lists
-(:func:`gate`); a sentence ranks exactly as with the RRF. A release without the file ranks with the
+**Model.** Per candidate (the union of both rankings' top ``depth``), :data:`FEATURES` (reciprocal ranks,
+cosine and BM25 relative to the query's best, the per-query confidence shares of
+:func:`stylus_docs.query.core.confidence_weights`, a downloads prior, whether and how specifically the
+prompt contains one of the row's trigger words, :mod:`stylus_docs.query.triggers`); the score is ``w ·
+standardised features``; ``w`` minimises the softmax cross-entropy of the target within its query's
+candidates plus ``l2 · |w|²`` (L-BFGS, scipy). The **query map** ``A`` (:func:`train_query_map`) moves a
+query vector towards the card it was written for: ``q' = normalize(q + s · qA)``, softmax over the cards,
+early-stopped on pairs held out by model. Both apply only to prompts shaped like the training prompts, tag
+lists (:func:`gate`); a sentence ranks exactly as with the RRF. A release without the file ranks with the
 hand-tuned RRF as before.
 
 **Incremental rebuilds.** The file records a short digest per training pair. When a ``--previous`` build
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 #: v2: gated by the prompt's form instead of its BM25 share; plus the linear query map.
 #: v3: trigger-word match features (:mod:`stylus_docs.query.triggers`).
 LEARNED_VERSION = "fusion.v3"
+#: Older versions still read: their features are a prefix of :data:`FEATURES` (v3 only appended), so a
+#: release built before v3 keeps its ranker. A rebuild fits the current version afresh.
+READABLE_VERSIONS = {"fusion.v2": 11, LEARNED_VERSION: None}
 #: Path of the learned file inside a build directory (listed in the manifest as table ``learned``).
 LEARNED_PATH = "learned/fusion.json"
 FEATURES = (
@@ -125,6 +129,8 @@ class LearnedFusion:
     query_map: np.ndarray | None = None
     map_strength: float = MAP_STRENGTH
     meta: dict[str, Any] = field(default_factory=dict)
+    #: The file version it was read as; an older one scores with the first ``len(weights)`` features.
+    version: str = LEARNED_VERSION
 
     def gate(self, text: str) -> float:
         """:func:`gate` of a query with this model's threshold."""
@@ -133,7 +139,7 @@ class LearnedFusion:
     def score(self, feats: np.ndarray, gate_value: float) -> np.ndarray:
         """Scores of candidates from their raw :data:`FEATURES` rows ``(m, F)``: the adaptive RRF score
         plus the learned correction times the query's :meth:`gate` (0: exactly the RRF score)."""
-        z = (feats - self.mean) / self.scale
+        z = (feats[:, : len(self.weights)] - self.mean) / self.scale
         return (
             rrf_offset(feats)
             + gate_value * (z @ self.weights)
@@ -158,8 +164,8 @@ class LearnedFusion:
             arr = np.ascontiguousarray(self.query_map, dtype="<f4")
             qmap = {"shape": list(arr.shape), "float32_base64": base64.b64encode(arr.tobytes()).decode()}
         return {
-            "version": LEARNED_VERSION,
-            "features": list(FEATURES),
+            "version": self.version,
+            "features": list(FEATURES[: len(self.weights)]),
             "weights": [round(float(x), 8) for x in self.weights],
             "mean": [round(float(x), 8) for x in self.mean],
             "scale": [round(float(x), 8) for x in self.scale],
@@ -172,8 +178,13 @@ class LearnedFusion:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LearnedFusion | None:
-        """The model in ``data``, or None when it is of another version or feature set."""
-        if data.get("version") != LEARNED_VERSION or list(data.get("features") or []) != list(FEATURES):
+        """The model in ``data``, or None when it is of an unknown version or feature set."""
+        version = data.get("version")
+        if version not in READABLE_VERSIONS:
+            return None
+        names = list(data.get("features") or [])
+        width = READABLE_VERSIONS[version] or len(FEATURES)
+        if names != list(FEATURES[:width]) or len(data.get("weights") or []) != width:
             return None
         known = {"version", "features", "weights", "mean", "scale", "prior_weight", "min_segments",
                  "query_map", "map_strength"}  # fmt: skip
@@ -193,6 +204,7 @@ class LearnedFusion:
             query_map=qmap,
             map_strength=float(data.get("map_strength", MAP_STRENGTH)),
             meta={k: v for k, v in data.items() if k not in known},
+            version=str(version),
         )
 
 
@@ -618,6 +630,10 @@ def learn_build(
     embedder = load_query_embedder(embedder_manifest)
     if prev is not None and prev.meta.get("embedder") != embedder_manifest.get("model"):
         prev = None  # fitted over another encoder's cosines: neither reusable nor a useful start
+    if prev is not None and prev.version != LEARNED_VERSION:
+        log.info("learned fusion: %s of %s is an older version; fitting %s afresh", prev.version, prev_id,
+                 LEARNED_VERSION)  # fmt: skip
+        prev = None  # other features: its weights neither carry over nor start the fit
     model = learn(rows, embeddings, embedder, previous=prev, previous_build=prev_id)
     if model is None:
         return []
