@@ -73,3 +73,25 @@ def test_model_folder_from_environment(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(MINILM_DIR_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(FatalError, match="not a sentence-transformers model folder"):
         default_minilm_dir()
+
+
+def test_a_lone_query_uses_a_spare_core_and_a_batch_never_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from threadpoolctl import threadpool_info
+
+    from stylus_docs.embedding import minilm
+
+    def blas_threads() -> int:
+        return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    cores = len(os.sched_getaffinity(0))
+    assert isinstance(minilm._spare_core(cores), bool)  # reads the kernel's run queue
+    for spare, n_texts, want in ((True, 1, min(2, cores)), (False, 1, 1), (True, 32, 1)):
+        monkeypatch.setattr(minilm, "_spare_core", lambda c, s=spare: s)
+        with minilm._blas_threads(n_texts):
+            assert blas_threads() == want, (spare, n_texts)
+    # The same vectors whichever way the matmuls were split.
+    enc = NumpyMiniLM()
+    monkeypatch.setattr(minilm, "_spare_core", lambda c: True)
+    two = enc.embed(TEXTS[:2])
+    monkeypatch.setattr(minilm, "_spare_core", lambda c: False)
+    np.testing.assert_allclose(two, enc.embed(TEXTS[:2]), atol=1e-5)
