@@ -548,7 +548,7 @@ class Release:
         """Which rows' trigger words a prompt contains (a learned-ranker feature; built on first use)."""
         if self._triggers is None:
             table = read_table(self.build_dir, self.manifest, "adapters", ["trigger_words"], files=self.files)
-            self._triggers = TriggerIndex(table.column("trigger_words").to_pylist())
+            self._triggers = TriggerIndex(table.column("trigger_words"))
         return self._triggers
 
     def __len__(self) -> int:
