@@ -348,10 +348,10 @@ def _blas_threads(n_texts: int) -> Iterator[None]:
     loaded 2-core machine each call waited ~0.5 s for its threads (measured: 32×60-token batch 12 s
     multi-threaded vs 0.2 s single-threaded). Two for a lone query while a core is idle
     (:func:`_spare_core`): its ~50 tokens are then split over both cores, and a warm search at 75K
-    adapters took 25.2 / 30.2 ms instead of 30.6 / 33.5 ms (p50, two runs, the same 600 queries
-    interleaved). With other work holding the cores a second thread only waits for one (two CPU hogs
-    running: p50 98 ms with two threads vs 72 ms with one, worst 574 vs 121 ms); there the check keeps
-    it at one (p50 73 ms).
+    adapters took 27.2 / 29.6 ms instead of 33.6 / 34.2 ms (p50, two runs, the same 600 queries
+    interleaved in alternating order). With other work holding the cores a second thread only waits for
+    one (two CPU hogs running: p50 98 ms with two threads vs 72 ms with one, worst 574 vs 121 ms); there
+    the check keeps it at one (p50 73 ms).
     """
     global _BLAS_CONTROLLER, _last_multi
     try:
