@@ -235,8 +235,10 @@ class FetchCivitaiVersions(beam.DoFn, _MetricsMixin):
     def start_bundle(self) -> None:
         self.fetcher = VersionFetcher(self.crawler, self.done)
 
-    def process(self, ref: tuple[int, ...]):
-        # (model_id, version_id), or a listing's (model_id, version_id, fingerprint)
+    def process(self, ref: tuple[Any, ...]):
+        # (model_id, version_id), or a listing's / a resumed run's (model_id, version_id, fingerprint).
+        # Beam type-checks the annotation against its input: tuple[int, ...] refused the resumed
+        # (int, int, str) refs, so a crawl killed with versions pending could not be resumed.
         model_id, version_id = ref[0], ref[1]
         self.fetcher.submit(model_id, version_id)
         self.fetcher.drain()

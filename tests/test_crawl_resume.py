@@ -51,3 +51,18 @@ def test_kill_9_then_resume_gives_the_same_snapshot(replay_server, tmp_path) -> 
     assert sorted(versions) == sorted(_ids(reference, "versions"))
     assert set(partial) <= set(versions)
     assert not list((out / "civitai").glob(".*.part"))  # no temp files left (.state.lock is the lock file)
+
+
+def test_resumed_version_refs_pass_the_fetchers_type_check(tmp_path) -> None:
+    """A resumed run feeds ``(model_id, version_id, fingerprint)`` refs to the fetcher; Beam type-checks them
+    against its ``process`` annotation when the pipeline is built (it is not run here)."""
+    import apache_beam as beam
+
+    from pipelines.crawl import FetchCivitaiVersions
+    from stylus_docs.crawl.engine import CrawlConfig, pending_versions
+
+    cfg = CrawlConfig(source="civitai", out=str(tmp_path), api_url="http://127.0.0.1:9")
+    assert pending_versions(tmp_path, set()) == []  # what it returns, when there is any: (int, int, str)
+    pipeline = beam.Pipeline(runner="DirectRunner")
+    refs = pipeline | beam.Create([(1, 10, "fingerprint"), (2, 20, "fingerprint")])
+    _ = refs | beam.Reshuffle() | beam.ParDo(FetchCivitaiVersions(cfg, frozenset()))
