@@ -325,12 +325,6 @@ def _model(aid: str) -> str:
     return aid.split(":", 1)[1].split("@", 1)[0]
 
 
-def gate_and_triggers(release, text: str) -> tuple[float, np.ndarray | None]:
-    """The release's learned gate of ``text`` and, when it is on, the text's trigger-word scores."""
-    gate = release.learned.gate(text) if release.learned else 0.0
-    return gate, release.triggers.scores(text) if gate else None
-
-
 def evaluate(release, creator, stylus, cfg: SearchConfig, vectors_c, vectors_s, learned=None) -> dict:
     """Recall figures per part (``tuning`` / ``validation``) for one fusion config from precomputed plain
     score vectors. ``learned``: the model to use (default: the release's own with ``cfg.learned``); its
@@ -354,12 +348,10 @@ def evaluate(release, creator, stylus, cfg: SearchConfig, vectors_c, vectors_s, 
                     acc[part][f"{name}@{kk}"].append(sum(0 < r <= kk for r in mine) / len(mine))
 
     def scored(q: dict[str, Any], d: np.ndarray) -> tuple[np.ndarray, float, np.ndarray | None]:
-        if learned is None:
-            return d, 0.0, None
-        gate = learned.gate(q["query"])
+        gate, trig = release.learned_inputs(q["query"], learned)
         if gate and learned.query_map is not None and learned.map_strength:
             d = release.embeddings @ learned.map_queries([q["query"]], q["vec"][None, :])[0]
-        return d, gate, release.triggers.scores(q["query"]) if gate else None
+        return d, gate, trig
 
     for q, (d, lx) in zip(creator, vectors_c, strict=True):
         d, gate, trig = scored(q, d)
@@ -506,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     vec_s150 = np.mean([
         np.mean([0 < r <= 150 for r in ranks_for(
             fuse(*vectors_s[i], None, 150, default, release.model_codes, release.learned, release.prior,
-                 *gate_and_triggers(release, stylus[i]["query"]))[0],
+                 *release.learned_inputs(stylus[i]["query"], release.learned))[0],
             stylus[i]["models"], lambda r: _model(str(release.ids[r])))])
         for i in s_idx
     ])  # fmt: skip

@@ -734,6 +734,12 @@ class Release:
         """The learned model this release's search applies (None: plain RRF/dense/BM25)."""
         return self.learned if self.config.learned and self.config.fusion == "rrf" else None
 
+    def learned_inputs(self, text: str, learned: LearnedFusion | None) -> tuple[float, np.ndarray | None]:
+        """What :func:`fuse` needs of ``text`` for ``learned``: its gate and, when the gate is on, its
+        trigger-word scores of every row (``(0.0, None)`` without a model)."""
+        gate = learned.gate(text) if learned is not None else 0.0
+        return gate, self.triggers.scores(text) if gate else None
+
     def _rank(
         self,
         dense: np.ndarray,
@@ -745,10 +751,9 @@ class Release:
         text: str = "",
     ) -> list[Hit]:
         learned = self._uses_learned()
-        gate = learned.gate(text) if learned is not None else 0.0
         order, fused, d_rank, l_rank, (w_dense, w_bm25) = fuse(
             dense, lex, mask, k, self.config, self.model_codes, learned, self.prior if learned else None,
-            gate, self.triggers.scores(text) if gate else None,
+            *self.learned_inputs(text, learned),
         )  # fmt: skip
         fields = self.fields(order)
         # Per-row values gathered with numpy and turned into Python numbers in one call each: a hit list

@@ -90,7 +90,6 @@ class TriggerIndex:
         self.n_triggers = n_keys
         self.length = length[trig_ids[first]].astype(np.int32) if n_keys else np.zeros(0, np.int32)
         # Postings token -> key, from one representative trigger per key.
-        rep = np.zeros(len(p_trig), dtype=bool)
         if n_keys:
             rep_trig = np.zeros(len(trig_row), dtype=np.int64) - 1
             rep_trig[trig_ids[first]] = np.arange(n_keys)
